@@ -1,0 +1,160 @@
+"""The ``sdfsmis`` command line.
+
+Exit status: 0 on success, 2 on bad input (the message names the problem and the fix),
+1 on an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .errors import InputError
+
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _torch_dtype(name: str):  # noqa: ANN202 - torch is imported lazily
+    import torch
+
+    return getattr(torch, name)
+
+
+def _command_info(args: argparse.Namespace) -> None:
+    from accelerate import init_empty_weights
+
+    from .config import preset
+    from .network import SDFSMISNet
+
+    with init_empty_weights():
+        model = SDFSMISNet.from_config(preset(args.config, injection=args.injection))
+    parts = {"unet (body)": model.unet, "query_stem": model.query_stem, "support_stem": model.support_stem,
+             "condition_mlp": model.condition_mlp, "vae (frozen)": model.vae, "dinov2 (frozen)": model.dino}
+    print(f"SD-FSMIS '{args.config}' architecture, injection={args.injection}")
+    for name, module in parts.items():
+        print(f"  {name:16s} {sum(p.numel() for p in module.parameters()):>13,d} parameters")
+    print(f"  injecting self-attention layers: {len(model.injecting_layers)}")
+
+
+def _command_inspect(args: argparse.Namespace) -> None:
+    from .checkpoint import read_checkpoint_metadata
+
+    print(json.dumps(read_checkpoint_metadata(args.checkpoint), indent=2))
+
+
+def _command_import_released(args: argparse.Namespace) -> None:
+    from .checkpoint import save_checkpoint
+    from .released import load_released_checkpoint
+
+    model = load_released_checkpoint(args.folder, args.base_model, args.dino)
+    save_checkpoint(model, args.out, dtype=_torch_dtype(args.dtype),
+                    training={"imported_from": str(args.folder), "code": "LeeX-Bruce/SD-FSMIS"},
+                    base_source=str(args.base_model))
+    print(f"wrote {args.out}")
+
+
+def _command_download_weights(args: argparse.Namespace) -> None:
+    from .download import download_weights
+
+    sd_folder, dino_folder = download_weights(args.target, args.dino)
+    print(f"Stable Diffusion 1.5: {sd_folder}\nDINOv2: {dino_folder}")
+
+
+def _command_benchmark(args: argparse.Namespace) -> None:
+    from .profiling import benchmark_prediction
+
+    result = benchmark_prediction(args.config, args.image_size, args.shots, args.device,
+                                  _torch_dtype(args.dtype), args.repeats)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+def _command_demo(args: argparse.Namespace) -> None:
+    from .profiling import benchmark_prediction
+
+    print("SD-FSMIS pipeline check on the tiny architecture (random weights: the bundled trained demo "
+          "model comes with the training work).")
+    result = benchmark_prediction("tiny", image_size=256, shots=1, repeats=1)
+    for stage, seconds in result["seconds"].items():
+        print(f"  {stage:18s} {seconds * 1000:8.1f} ms")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdfsmis", description="Few-shot medical image segmentation with SD-FSMIS.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  sdfsmis info --config sd15\n  sdfsmis benchmark --config sd15 --json stages.json\n"
+               "  sdfsmis import-released run/checkpoint-15000 --base-model sd15/ --dino dinov2-base/ "
+               "--out model.safetensors")
+    parser.add_argument("--version", action="version", version=f"sdfsmis {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], None], help_text: str,
+                example: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    info = command("info", _command_info, "parameter counts of an architecture (nothing is allocated)",
+                   "sdfsmis info --config sd15 --injection cross-attn")
+    info.add_argument("--config", choices=("sd15", "tiny"), default="sd15")
+    info.add_argument("--injection", choices=("kv-bank", "cross-attn"), default="kv-bank")
+
+    inspect = command("inspect", _command_inspect, "print an SD-FSMIS checkpoint's metadata",
+                      "sdfsmis inspect model.safetensors")
+    inspect.add_argument("checkpoint", type=Path)
+
+    released = command("import-released", _command_import_released,
+                       "convert a checkpoint folder of the authors' released code to one SDFSMIS file",
+                       "sdfsmis import-released out/checkpoint-15000 --base-model sd15/ --dino dinov2-base/ "
+                       "--out model.safetensors")
+    released.add_argument("folder", type=Path, help="folder holding unet/ and image_projector/")
+    released.add_argument("--base-model", type=Path, required=True, help="SD-1.5 folder or single file")
+    released.add_argument("--dino", type=Path, required=True, help="DINOv2 folder (dinov2-base for that code)")
+    released.add_argument("--out", type=Path, required=True, help="output .safetensors")
+    released.add_argument("--dtype", choices=_DTYPES, default="float16")
+
+    download = command("download-weights", _command_download_weights,
+                       "download SD-1.5 (UNet, VAE) and DINOv2 from the Hugging Face hub (needs internet)",
+                       "sdfsmis download-weights ~/sdfsmis-weights --dino small")
+    download.add_argument("target", type=Path)
+    download.add_argument("--dino", choices=("small", "base"), default="small")
+
+    bench = command("benchmark", _command_benchmark,
+                    "time each stage of one support + one query prediction with random weights",
+                    "sdfsmis benchmark --config sd15 --device cpu --json stages.json")
+    bench.add_argument("--config", choices=("sd15", "tiny"), default="sd15")
+    bench.add_argument("--image-size", type=int, default=256)
+    bench.add_argument("--shots", type=int, default=1)
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", choices=_DTYPES, default="float32")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--json", type=Path, help="also write the result here")
+
+    command("demo", _command_demo, "run the whole prediction pipeline once on the tiny architecture",
+            "sdfsmis demo")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except InputError as error:
+        print(f"sdfsmis: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdfsmis: cancelled", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

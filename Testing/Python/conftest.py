@@ -1,0 +1,43 @@
+"""Shared fixtures: a seeded tiny network and tiny base-model folders on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from SDFSMISLib.config import preset
+from SDFSMISLib.network import SDFSMISNet
+
+IMAGE_SIZE = 64
+
+
+def square_mask(size: int = IMAGE_SIZE, start: int = 16, stop: int = 40) -> torch.Tensor:
+    mask = torch.zeros(size, size)
+    mask[start:stop, start:stop] = 1
+    return mask
+
+
+def random_images(count: int, seed: int, size: int = IMAGE_SIZE) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(count, size, size, generator=generator) * 2 - 1
+
+
+@pytest.fixture
+def tiny_model() -> SDFSMISNet:
+    torch.manual_seed(0)
+    return SDFSMISNet.from_config(preset("tiny")).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny 'Stable Diffusion' diffusers folder and a tiny DINOv2 folder, as a user would have."""
+    root = tmp_path_factory.mktemp("tiny-base")
+    torch.manual_seed(1)
+    reference = SDFSMISNet.from_config(preset("tiny"))
+    UNet2DConditionModel.from_config(reference.config.unet).save_pretrained(root / "sd" / "unet")
+    reference.vae.save_pretrained(root / "sd" / "vae")
+    reference.dino.save_pretrained(root / "dino")
+    return root / "sd", root / "dino"

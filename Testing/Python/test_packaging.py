@@ -1,0 +1,22 @@
+"""The Slicer build lists every library file, and the library imports without torch loaded."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cmake_lists_every_library_file() -> None:
+    listed = set(re.findall(r"SDFSMISLib/\w+\.py", (ROOT / "CMakeLists.txt").read_text()))
+    present = {f"SDFSMISLib/{p.name}" for p in (ROOT / "SDFSMISLib").glob("*.py")}
+    assert listed == present
+
+
+def test_package_import_does_not_load_torch() -> None:
+    code = "import sys, SDFSMISLib; print('torch' in sys.modules, SDFSMISLib.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == "False"
