@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import InputError
+
 InjectionVariant = Literal["kv-bank", "cross-attn"]
 MaskAlignment = Literal["crop", "full"]
 
@@ -159,24 +161,16 @@ class SDFSMISConfig:
 
     def __post_init__(self) -> None:
         if self.injection not in ("kv-bank", "cross-attn"):
-            raise ValueError(f"injection must be 'kv-bank' or 'cross-attn', got {self.injection!r}")
+            raise InputError(f"injection must be 'kv-bank' or 'cross-attn', got {self.injection!r}")
         if self.dino_mask_alignment not in ("crop", "full"):
-            raise ValueError(f"dino_mask_alignment must be 'crop' or 'full', got {self.dino_mask_alignment!r}")
+            raise InputError(f"dino_mask_alignment must be 'crop' or 'full', got {self.dino_mask_alignment!r}")
         if not 0 <= self.timestep <= 999:
-            raise ValueError(f"timestep must lie in [0, 999], got {self.timestep}")
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.vae["latent_channels"])
+            raise InputError(f"timestep must lie in [0, 999], got {self.timestep}")
 
     @property
     def condition_dim(self) -> int:
         """Width of the text-like token the VTCT produces (the UNet's cross-attention dim)."""
         return int(self.unet["cross_attention_dim"])
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae["block_out_channels"]) - 1)
 
     def replace(self, **changes: Any) -> "SDFSMISConfig":
         return dataclasses.replace(self, **changes)
@@ -192,14 +186,8 @@ class SDFSMISConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"unknown SD-FSMIS config fields {sorted(unknown)}: made by a newer version?")
+            raise InputError(f"unknown SD-FSMIS config fields {sorted(unknown)}: made by a newer version?")
         return cls(**data)
-
-    def architecture_options(self) -> dict[str, Any]:
-        """The options that change which parameters exist (checked when a checkpoint loads)."""
-        return {"injection": self.injection, "dino_hidden_size": self.dino["hidden_size"],
-                "cross_attention_dim": self.condition_dim,
-                "block_out_channels": list(self.unet["block_out_channels"])}
 
 
 def preset(name: str, *, dino: str | None = None, **options: Any) -> SDFSMISConfig:
@@ -217,5 +205,5 @@ def preset(name: str, *, dino: str | None = None, **options: Any) -> SDFSMISConf
         base = SDFSMISConfig(unet=dict(TINY_UNET_CONFIG), vae=dict(TINY_VAE_CONFIG),
                              dino=dict(DINOV2_CONFIGS[dino or "tiny"]))
     else:
-        raise ValueError(f"unknown preset {name!r}: use 'sd15' or 'tiny'")
+        raise InputError(f"unknown preset {name!r}: use 'sd15' or 'tiny'")
     return base.replace(**options)

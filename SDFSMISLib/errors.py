@@ -5,7 +5,7 @@ class SDFSMISError(Exception):
     """Base class of the errors SDFSMIS raises on purpose."""
 
 
-class InputError(SDFSMISError):
+class InputError(SDFSMISError, ValueError):
     """Bad input: a file, path, option or array the user gave. The CLI exits with status 2."""
 
 

@@ -12,6 +12,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from .errors import InputError
+
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -25,9 +27,9 @@ class Threshold:
 
     def __post_init__(self) -> None:
         if self.mode not in ("relative", "absolute"):
-            raise ValueError(f"threshold mode must be 'relative' or 'absolute', got {self.mode!r}")
+            raise InputError(f"threshold mode must be 'relative' or 'absolute', got {self.mode!r}")
         if not 0.0 <= self.value <= 1.0:
-            raise ValueError(f"threshold value must lie in [0, 1], got {self.value}")
+            raise InputError(f"threshold value must lie in [0, 1], got {self.value}")
 
     def apply(self, foreground: np.ndarray) -> np.ndarray:
         """``[..., H, W]`` map in [0, 1] -> boolean mask; a chunk with no signal stays empty."""

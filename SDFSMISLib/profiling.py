@@ -1,8 +1,8 @@
 """Per-stage time and peak memory of one support + one query prediction.
 
 Stages are timed with forward hooks on the sub-models (VAE encoder, DINOv2, UNet, VAE
-decoder), so what is measured is exactly the code that runs in a prediction; the two UNet
-calls of a prediction are the support pass and the query pass, in that order.
+decoder), so what is measured is exactly the code that runs in a prediction; the first UNet
+call of a prediction is the support pass, every later one a query pass.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def stage_timer(model: SDFSMISNet) -> Iterator[dict[str, list[float]]]:
         if name != "unet":
             return name
         unet_calls[0] += 1
-        return "unet_support_pass" if unet_calls[0] % 2 == 1 else "unet_query_pass"
+        return "unet_support_pass" if unet_calls[0] == 1 else "unet_query_pass"
 
     handles = []
     for name, module in {"vae_encode": model.vae.encoder, "dinov2": model.dino, "unet": model.unet,

@@ -214,3 +214,12 @@ def test_threshold_and_largest_component(mode: str) -> None:
     kept = binarize(foreground, Threshold(mode, 0.25 if mode == "relative" else 0.5))
     assert kept.sum() == 9 and kept[0, 2, 2]
     assert binarize(foreground, Threshold(mode, 0.25 if mode == "relative" else 0.5), False).sum() == 13
+
+
+def test_bad_options_are_input_errors() -> None:
+    from SDFSMISLib.errors import InputError
+
+    with pytest.raises(InputError, match="injection must be 'kv-bank' or 'cross-attn'"):
+        preset("tiny", injection="bank")
+    with pytest.raises(InputError, match="threshold value must lie in"):
+        Threshold("relative", 2.0)
