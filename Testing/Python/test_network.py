@@ -51,12 +51,18 @@ def test_marigold_stem_reproduces_base_conv_on_duplicated_input() -> None:
     torch.testing.assert_close(stem(torch.cat([x, x], dim=1)), base(x), rtol=1e-5, atol=1e-6)
 
 
-def test_query_stem_without_qe_reproduces_pretrained_conv(tiny_model: SDFSMISNet) -> None:
-    """With QE off the query latent is duplicated, so the fresh stem equals SD's conv_in."""
-    base = torch.nn.Conv2d(4, 32, 3, padding=1)
-    stem = marigold_stem(base)
-    x = torch.randn(1, 4, LATENT, LATENT)
-    torch.testing.assert_close(stem(torch.cat([x, x], 1)), base(x), rtol=1e-5, atol=1e-6)
+def test_without_qe_the_query_stem_sees_the_latent_twice() -> None:
+    """With QE off the query latent is duplicated, which the fresh stem maps onto SD's conv_in."""
+    torch.manual_seed(0)
+    model = SDFSMISNet.from_config(preset("tiny", query_enhancement=False)).eval()
+    seen = []
+    model.query_stem.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
+    query = random_images(1, seed=30)
+    with torch.no_grad():
+        model.predict_latents(query, model.encode_support(random_images(1, 31), square_mask()[None]))
+    stem_input = seen[0]
+    assert torch.equal(stem_input[:, :4], stem_input[:, 4:])
+    assert torch.equal(stem_input[:, :4], model.encode_latents(query))
 
 
 def _unet_output(model: SDFSMISNet, x: torch.Tensor, condition: torch.Tensor, **kwargs) -> torch.Tensor:
