@@ -23,7 +23,7 @@ from .config import DINOV2_ARCHITECTURE_KEYS, SD15_UNET_CONFIG, SD15_VAE_CONFIG,
 from .download import OFFLINE_INSTRUCTIONS
 from .errors import WeightsError
 from .network import SDFSMISNet
-from .weight_files import TORCH_SUFFIXES, load_strict, read_tensors
+from .weight_files import TORCH_SUFFIXES, first_existing, load_strict, read_tensors
 
 _DIFFUSERS_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
                            "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
@@ -42,10 +42,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise WeightsError(f"{path} is not a readable JSON config ({error})") from error
 
 
-def _first_existing(folder: Path, names: tuple[str, ...], what: str) -> Path:
-    for name in names:
-        if (folder / name).is_file():
-            return folder / name
+def _weight_file(folder: Path, names: tuple[str, ...], what: str) -> Path:
+    found = first_existing(folder, names)
+    if found is not None:
+        return found
     raise WeightsError(f"{folder} has no {what} weights: expected one of {', '.join(names)}.\n{OFFLINE_INSTRUCTIONS}")
 
 
@@ -89,7 +89,7 @@ def _single_file_state(path: Path, part: str, config: dict[str, Any]) -> dict[st
 
 def _part_state(base_model: Path, part: str, config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Path]:
     if base_model.is_dir():
-        file = _first_existing(base_model / part, _DIFFUSERS_WEIGHT_NAMES, f"{part}")
+        file = _weight_file(base_model / part, _DIFFUSERS_WEIGHT_NAMES, f"{part}")
         return read_tensors(file), file
     if base_model.suffix not in (".safetensors", *TORCH_SUFFIXES):
         raise WeightsError(f"{base_model}: a base model is a diffusers folder or a .safetensors/.ckpt file")
@@ -131,7 +131,7 @@ def load_dinov2(dino: Path | str) -> Dinov2Model:
     """
     dino = Path(dino)
     config = Dinov2Config(**dinov2_config(dino))
-    file = _first_existing(dino, _DINO_WEIGHT_NAMES, "DINOv2")
+    file = _weight_file(dino, _DINO_WEIGHT_NAMES, "DINOv2")
     try:
         model, info = Dinov2Model.from_pretrained(dino, config=config, local_files_only=True,
                                                   output_loading_info=True)

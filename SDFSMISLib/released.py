@@ -29,16 +29,16 @@ from .checkpoint import assemble_network
 from .config import SDFSMISConfig
 from .errors import WeightsError
 from .network import SDFSMISNet
-from .weight_files import read_tensors
+from .weight_files import first_existing, read_tensors
 
 _WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _STEM_NAMES = {"conv_in.": "query_stem.", "conv_in_ref.": "support_stem."}
 
 
 def _weights(folder: Path, part: str) -> dict[str, torch.Tensor]:
-    for name in _WEIGHT_NAMES:
-        if (folder / part / name).is_file():
-            return read_tensors(folder / part / name)
+    found = first_existing(folder / part, _WEIGHT_NAMES)
+    if found is not None:
+        return read_tensors(found)
     raise WeightsError(f"{folder} is not a checkpoint of the released SD-FSMIS code: {part}/ with one of "
                        f"{', '.join(_WEIGHT_NAMES)} is missing. Point at the folder that holds unet/ and "
                        "image_projector/ (the training output or one of its checkpoint-N folders)")

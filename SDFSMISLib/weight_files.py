@@ -20,6 +20,11 @@ from .errors import WeightsError
 TORCH_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 
 
+def first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of ``names`` that is a file in ``folder`` (weight files come under several names)."""
+    return next((folder / name for name in names if (folder / name).is_file()), None)
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a ``.safetensors`` or weights-only torch file (an LDM ``state_dict`` is unwrapped)."""
     path = Path(path)
