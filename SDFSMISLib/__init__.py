@@ -21,8 +21,8 @@ _API = {
     "load_checkpoint": "checkpoint",
     "read_checkpoint_metadata": "checkpoint",
     "load_released_checkpoint": "released",
-    "predict_foreground": "predict",
-    "segment_slices": "predict",
+    "predict_foreground_maps": "slice_prediction",
+    "segment_slices": "slice_prediction",
     "Threshold": "postprocess",
 }
 __all__ = ["__version__", *_API]

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from safetensors.torch import save_file
 from transformers import Dinov2Model
 
 from . import __version__
+from .atomic import atomic_output
 from .base_model import dinov2_config, load_dinov2, load_vae, stable_diffusion_configs
 from .config import SDFSMISConfig
 from .errors import WeightsError
@@ -76,15 +75,8 @@ def save_checkpoint(model: SDFSMISNet, path: Path | str, dtype: torch.dtype | No
         "training": json.dumps(training or {}),
         "package_version": __version__,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".safetensors.part", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_output(path) as temporary:
         save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return path
 
 

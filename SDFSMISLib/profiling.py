@@ -18,7 +18,7 @@ import torch
 
 from .config import preset
 from .network import SDFSMISNet
-from .predict import predict_foreground
+from .slice_prediction import predict_foreground_maps
 
 
 def _sync(device: torch.device) -> None:
@@ -74,14 +74,14 @@ def benchmark_prediction(config_name: str = "sd15", image_size: int = 256, shots
     images = torch.rand(shots + 1, image_size, image_size) * 2 - 1
     masks = torch.zeros(shots, image_size, image_size)
     masks[:, image_size // 4: 3 * image_size // 4, image_size // 4: 3 * image_size // 4] = 1
-    predict_foreground(model, images[:1], images[1:], masks)  # warm-up
+    predict_foreground_maps(model, images[:1], images[1:], masks)  # warm-up
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats(target)
     runs = []
     for _ in range(repeats):
         with stage_timer(model) as times:
             start = time.perf_counter()
-            predict_foreground(model, images[:1], images[1:], masks)
+            predict_foreground_maps(model, images[:1], images[1:], masks)
             total = time.perf_counter() - start
         runs.append({"total": total, **{stage: sum(values) for stage, values in times.items()}})
     median = {key: sorted(run[key] for run in runs)[len(runs) // 2] for key in runs[0]}

@@ -28,7 +28,7 @@ def random_images(count: int, seed: int, size: int = IMAGE_SIZE) -> torch.Tensor
 @pytest.fixture
 def tiny_model() -> SDFSMISNet:
     torch.manual_seed(0)
-    return SDFSMISNet.from_config(preset("tiny")).eval()
+    return SDFSMISNet.from_config(preset("tiny", image_size=IMAGE_SIZE)).eval()
 
 
 @pytest.fixture(scope="session")

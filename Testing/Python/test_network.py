@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from SDFSMISLib.config import preset
 from SDFSMISLib.network import SDFSMISNet, marigold_stem
 from SDFSMISLib.postprocess import Threshold, binarize
-from SDFSMISLib.predict import segment_slices
+from SDFSMISLib.slice_prediction import segment_slices
 from SDFSMISLib.query_enhancement import query_prototype, support_prototypes
 from SDFSMISLib.support_injection import CONTEXT_KEY
 
