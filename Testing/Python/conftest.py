@@ -41,3 +41,6 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     reference.vae.save_pretrained(root / "sd" / "vae")
     reference.dino.save_pretrained(root / "dino")
     return root / "sd", root / "dino"
+
+#: The real CHAOS-T2 volumes, beside the project (never inside it: CC BY-NC-SA).
+CHAOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chaos-t2"
