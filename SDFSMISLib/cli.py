@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
+from .cli_training import register_training_commands
 from .errors import InputError
 
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -85,6 +86,15 @@ def _command_demo(args: argparse.Namespace) -> None:
         print(f"  {stage:18s} {seconds * 1000:8.1f} ms")
 
 
+def add_command(commands: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], None],
+                help_text: str, example: str) -> argparse.ArgumentParser:
+    """A sub-command whose ``--help`` shows its description and an example."""
+    sub = commands.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdfsmis", description="Few-shot medical image segmentation with SD-FSMIS.",
@@ -97,10 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, handler: Callable[[argparse.Namespace], None], help_text: str,
                 example: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(handler=handler)
-        return sub
+        return add_command(commands, name, handler, help_text, example)
 
     info = command("info", _command_info, "parameter counts of an architecture (nothing is allocated)",
                    "sdfsmis info --config sd15 --injection cross-attn")
@@ -138,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--json", type=Path, help="also write the result here")
 
+    register_training_commands(command)
     command("demo", _command_demo, "run the whole prediction pipeline once on the tiny architecture",
             "sdfsmis demo")
     return parser

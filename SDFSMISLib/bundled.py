@@ -1,0 +1,46 @@
+"""The model and phantom patients that ship in ``Resources/``: the default when the user chose none.
+
+The tiny SD-FSMIS model was trained here on synthetic phantoms only (reproducible with
+``make demo-model``); it is small enough for a CPU and shows the whole workflow, but a clinical
+result needs the full-size model (SD-1.5 + DINOv2 + an SD-FSMIS checkpoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+#: ``Resources/`` beside the package, as in the Slicer extension and an editable (``pip install -e``) install.
+RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
+MODEL_FOLDER = RESOURCES / "Models" / "tiny"
+PHANTOM_FOLDER = RESOURCES / "Data" / "phantoms"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's three parts are: what :func:`SDFSMISLib.load_checkpoint` takes."""
+
+    checkpoint: Path
+    base_model: Path
+    dino: Path
+
+
+def bundled_model() -> ModelFiles:
+    """The bundled tiny model's files; an :class:`InputError` says how to rebuild them when missing."""
+    files = ModelFiles(MODEL_FOLDER / "model.safetensors", MODEL_FOLDER / "sd", MODEL_FOLDER / "dino")
+    missing = [str(path) for path in (files.checkpoint, files.base_model, files.dino) if not path.exists()]
+    if missing:
+        raise InputError(f"the bundled demo model is missing ({', '.join(missing)}): this install has no "
+                         "Resources/ folder. Use a source checkout (pip install -e .), run `make demo-model` to "
+                         "rebuild it, or pass --checkpoint, --base-model and --dino")
+    return files
+
+
+def bundled_phantoms() -> Path:
+    """Folder of the bundled phantom patients (``image_<id>.nii.gz``, ``label_<id>.nii.gz``)."""
+    if not any(PHANTOM_FOLDER.glob("image_*.nii.gz")):
+        raise InputError(f"the bundled phantom patients are missing from {PHANTOM_FOLDER}: use a source checkout, "
+                         "or write new ones with `sdfsmis phantom --out DIR`")
+    return PHANTOM_FOLDER

@@ -1,0 +1,97 @@
+"""The tiny base model: what Stable Diffusion and DINOv2 are to the full-size SD-FSMIS.
+
+SD-FSMIS starts from a pretrained Stable Diffusion (its VAE is frozen and its UNet fine-tuned)
+and a pretrained DINOv2 (frozen). The tiny configuration has no such weights anywhere, so this
+module makes them, here, on a CPU:
+
+- the VAE is trained as an autoencoder on the same kind of inputs SD-FSMIS gives it: image
+  slices and binary masks, each replicated to three channels in [-1, 1]; L1 reconstruction plus
+  a small KL term (SD's VAE adds perceptual and adversarial terms, which a mask codec does not
+  need). Its ``scaling_factor`` is then set to ``1 / std`` of the latents, as SD's 0.18215 was;
+- the UNet and DINOv2 are seeded random initialisations (the UNet is trained by SD-FSMIS
+  training itself; the frozen random DINOv2 still gives the VTCT a fixed nonlinear embedding).
+
+The result is written in the layouts users have for the real models, a diffusers folder
+(``sd/unet``, ``sd/vae``) and a Hugging Face DINOv2 folder (``dino/``), so every loading path is
+the same at both scales.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import Dinov2Config, Dinov2Model
+
+from . import latents as codec
+from .config import SDFSMISConfig
+
+KL_WEIGHT = 1e-6
+
+
+def _vae_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Images and masks of a batch of episodes, stacked as VAE inputs ``[N, H, W]`` in [-1, 1]."""
+    masks = [codec.mask_to_signed(batch[key]) for key in ("support_mask", "query_mask")]
+    return torch.cat([batch["support_image"], batch["query_image"], *masks])
+
+
+def reconstruction_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """L1 between ``[N, H, W]`` inputs and their reconstructions, plus ``KL_WEIGHT`` x KL."""
+    rgb = codec.as_pseudo_rgb(x)
+    posterior = vae.encode(rgb).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator)).sample
+    return (reconstruction - rgb).abs().mean() + KL_WEIGHT * posterior.kl().mean()
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, inputs: torch.Tensor) -> float:
+    """``1 / std`` of the posterior means of ``inputs``: latents of unit variance for the UNet."""
+    return float(1.0 / vae.encode(codec.as_pseudo_rgb(inputs)).latent_dist.mean.std())
+
+
+def pretrain_vae(vae: AutoencoderKL, episodes: Dataset, steps: int, batch_size: int = 4, lr: float = 1e-3,
+                 seed: int = 42, progress: bool = True) -> list[float]:
+    """Train ``vae`` in place on the images and masks of ``episodes``; returns the loss per step.
+
+    Each batch of ``batch_size`` episodes gives ``4 x batch_size`` inputs (two images, two masks).
+    Sets ``vae.config.scaling_factor`` from the last batch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    loader = DataLoader(episodes, batch_size=batch_size, shuffle=False)
+    vae.train()
+    losses: list[float] = []
+    with tqdm(total=steps, desc="VAE pretraining", unit="step", disable=not progress) as bar:
+        for batch in loader:
+            inputs = _vae_inputs(batch)
+            loss = reconstruction_loss(vae, inputs, generator)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if len(losses) >= steps:
+                break
+    vae.eval()
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, inputs))
+    return losses
+
+
+def write_tiny_base(folder: Path | str, vae: AutoencoderKL, config: SDFSMISConfig, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``folder/sd`` (seeded UNet + the given VAE, diffusers layout) and ``folder/dino``.
+
+    Returns ``(base_model, dino)`` paths as :func:`SDFSMISLib.load_base_model` takes them.
+    """
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    UNet2DConditionModel.from_config(config.unet).save_pretrained(folder / "sd" / "unet")
+    vae.save_pretrained(folder / "sd" / "vae")
+    Dinov2Model(Dinov2Config(**config.dino)).save_pretrained(folder / "dino")
+    return folder / "sd", folder / "dino"

@@ -1,0 +1,90 @@
+"""The trainer: it lowers the loss, resumes exactly, and refuses to overwrite a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from SDFSMISLib.checkpoint import read_checkpoint_metadata
+from SDFSMISLib.config import preset
+from SDFSMISLib.episodes import EpisodeDataset, EpisodeOptions, TrainingVolume
+from SDFSMISLib.errors import InputError
+from SDFSMISLib.network import SDFSMISNet
+from SDFSMISLib.training import LOG_FILE, TrainingOptions, train
+
+SIZE = 64
+
+
+def blob_volume(seed: int) -> TrainingVolume:
+    """Slices with two bright discs whose radius changes slowly along the slice axis."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    image = np.full((6, SIZE, SIZE), -0.8, dtype=np.float32)
+    labels = np.zeros((6, SIZE, SIZE), dtype=np.int32)
+    for label, (cy, cx) in enumerate(rng.integers(18, 46, size=(2, 2)), start=1):
+        for k in range(6):
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (9 + k) ** 2
+            labels[k][disc] = label
+            image[k][disc] = 0.3 * label
+    noisy = image + rng.normal(0, 0.05, image.shape).astype(np.float32)
+    return TrainingVolume(np.clip(noisy, -1, 1), labels)
+
+
+def network() -> SDFSMISNet:
+    torch.manual_seed(0)
+    return SDFSMISNet.from_config(preset("tiny", image_size=SIZE))
+
+
+def episodes(length: int) -> EpisodeDataset:
+    return EpisodeDataset([blob_volume(0), blob_volume(1)], length, seed=3,
+                          options=EpisodeOptions(min_pixels=50, augment="none"))
+
+
+def options(steps: int, **changes: object) -> TrainingOptions:
+    base = dict(steps=steps, batch_size=2, gradient_accumulation=2, unet_lr=1e-3, mlp_lr=1e-3, save_every=2,
+                validate_every=1000, log_every=1)
+    return TrainingOptions(**(base | changes))
+
+
+def trained_state(model: SDFSMISNet) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{name}": tensor.clone() for prefix, module in model.trainable_modules().items()
+            for name, tensor in module.state_dict().items()}
+
+
+def test_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path: Path) -> None:
+    model = network()
+    final = train(model, episodes(120), tmp_path / "run", options(30), progress=False)
+    losses = np.loadtxt(tmp_path / "run" / LOG_FILE, delimiter=",", skiprows=1, usecols=1)
+    assert len(losses) == 30
+    assert losses[-5:].mean() < 0.7 * losses[:5].mean()
+    assert read_checkpoint_metadata(final)["training"]["steps"] == 30
+
+
+def test_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
+    straight = network()
+    train(straight, episodes(16), tmp_path / "straight", options(4), progress=False)
+    def ctrl_c(_model: SDFSMISNet) -> dict[str, float]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # the user stops the run at step 2: its state is saved
+        train(network(), episodes(16), tmp_path / "resumed", options(4, validate_every=2), validator=ctrl_c,
+              progress=False)
+    resumed = network()  # a fresh process would start from new weights: all state comes from disk
+    train(resumed, episodes(16), tmp_path / "resumed", options(4), resume=True, progress=False)
+    expected, actual = trained_state(straight), trained_state(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    log = np.loadtxt(tmp_path / "resumed" / LOG_FILE, delimiter=",", skiprows=1, usecols=0)
+    assert log.tolist() == [1, 2, 3, 4]
+
+
+def test_refuses_to_overwrite_a_run_and_to_train_past_its_episodes(tmp_path: Path) -> None:
+    train(network(), episodes(8), tmp_path / "run", options(2), progress=False)
+    with pytest.raises(InputError, match="--resume"):
+        train(network(), episodes(8), tmp_path / "run", options(2), progress=False)
+    with pytest.raises(InputError, match="episodes"):
+        train(network(), episodes(4), tmp_path / "other", options(2), progress=False)
