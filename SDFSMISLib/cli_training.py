@@ -54,8 +54,9 @@ def _command_tiny_base(args: argparse.Namespace) -> None:
     config = preset("tiny")
     torch.manual_seed(args.seed)
     vae = AutoencoderKL.from_config(config.vae)
-    episodes = _episode_dataset(args, scan_folder(args.data), args.steps * args.batch_size, args.seed)
-    losses = pretrain_vae(vae, episodes, args.steps, args.batch_size, args.lr, args.seed)
+    episodes = _episode_dataset(args, scan_folder(args.data, args.supervoxels), args.steps * args.batch_size,
+                                args.seed)
+    losses = pretrain_vae(vae, episodes, args.steps, args.batch_size, args.lr, args.seed, args.crop)
     base, dino = write_tiny_base(args.out, vae, config, args.seed)
     print(f"VAE loss {losses[0]:.4f} -> {sum(losses[-20:]) / len(losses[-20:]):.4f}; "
           f"scaling factor {vae.config.scaling_factor:.4f}\nbase model: {base}\nDINOv2: {dino}")
@@ -87,7 +88,7 @@ def _command_train(args: argparse.Namespace) -> None:
     from .training import TrainingOptions, train
     from .training_data import protocol_validator
 
-    patients = scan_folder(args.data)
+    patients = scan_folder(args.data, args.supervoxels)
     if args.fold is not None:
         train_patients, held_out = fold_split(patients, args.fold, args.dataset)
     else:
@@ -98,7 +99,7 @@ def _command_train(args: argparse.Namespace) -> None:
         unet_lr=args.unet_lr, mlp_lr=args.mlp_lr, weight_decay=args.weight_decay, seed=args.seed,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         save_every=args.save_every, validate_every=args.validate_every, workers=args.workers,
-        log_with=tuple(args.log_with.split(",")),
+        log_with=tuple(args.log_with.split(",")), checkpoint_dtype=args.checkpoint_dtype,
         extra={"data": str(args.data), "labels": args.labels, "fold": args.fold,
                "train_patients": [p.id for p in train_patients], "test_classes": args.test_classes,
                "setting2_rule": args.setting2_rule if args.test_classes else None})
@@ -122,6 +123,7 @@ def _command_train(args: argparse.Namespace) -> None:
 
 
 def _add_episode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--supervoxels", type=Path, help="folder of supervoxel_<id> files (default: the data folder)")
     parser.add_argument("--labels", choices=("pseudo", "ground-truth"), default="pseudo",
                         help="supervoxel pseudo-labels (paper) or ground truth minus --test-classes (released code)")
     parser.add_argument("--recipe", default="none", help="preprocessing recipe of the data folder (default none: "
@@ -164,6 +166,7 @@ def register_training_commands(command: CommandFactory) -> None:
     tiny.add_argument("--batch-size", type=int, default=4)
     tiny.add_argument("--lr", type=float, default=1e-3)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--crop", type=int, default=128, help="train on random crops of this size (pixels)")
     _add_episode_arguments(tiny)
 
     train = command("train", _command_train,
@@ -194,4 +197,6 @@ def register_training_commands(command: CommandFactory) -> None:
     train.add_argument("--validate-every", type=int, default=500)
     train.add_argument("--workers", type=int, default=0, help="data loader processes")
     train.add_argument("--log-with", default="csv", help="csv and/or tensorboard, comma-separated")
+    train.add_argument("--checkpoint-dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                       help="dtype of the final model.safetensors (float16 halves it)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")

@@ -62,6 +62,7 @@ class TrainingOptions:
     log_every: int = 10
     workers: int = 0
     log_with: tuple[str, ...] = ("csv",)
+    checkpoint_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -226,7 +227,8 @@ def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: T
     if accelerator.is_main_process:
         record = {"steps": step, "options": {k: v for k, v in asdict(options).items() if k != "extra"},
                   **options.extra, **(summary or {})}
-        save_checkpoint(accelerator.unwrap_model(objective).network, final, training=record)
+        save_checkpoint(accelerator.unwrap_model(objective).network, final, dtype=getattr(torch, options.checkpoint_dtype),
+                        training=record)
     accelerator.wait_for_everyone()
     return final
 

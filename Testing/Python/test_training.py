@@ -88,3 +88,21 @@ def test_refuses_to_overwrite_a_run_and_to_train_past_its_episodes(tmp_path: Pat
         train(network(), episodes(8), tmp_path / "run", options(2), progress=False)
     with pytest.raises(InputError, match="episodes"):
         train(network(), episodes(4), tmp_path / "other", options(2), progress=False)
+
+
+def test_tiny_base_pretraining_lowers_reconstruction_loss_and_loads(tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    from SDFSMISLib.base_model import load_base_model
+    from SDFSMISLib.tiny_base import pretrain_vae, write_tiny_base
+
+    config = preset("tiny", image_size=SIZE)
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(config.vae)
+    losses = pretrain_vae(vae, episodes(40), steps=20, batch_size=2, lr=2e-3, crop=32, progress=False)
+    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
+    assert vae.config.scaling_factor != config.vae["scaling_factor"]
+    base, dino = write_tiny_base(tmp_path / "tiny-base", vae, config)
+    model = load_base_model(base, dino, image_size=SIZE)
+    assert model.vae.config.scaling_factor == pytest.approx(vae.config.scaling_factor)
+    torch.testing.assert_close(model.vae.encoder.conv_in.weight, vae.encoder.conv_in.weight)
