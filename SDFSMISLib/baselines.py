@@ -12,17 +12,30 @@ protocol is easy, not that the network works.
 
 Both take the support assignment from :mod:`SDFSMISLib.protocol` and images/masks on the model's grid
 (``[N, H, W]``, images in [-1, 1]), and return boolean numpy masks ``[N, H, W]`` for :mod:`SDFSMISLib.metrics`.
+Without an assignment (``None``, the released code's k-shot variant) all supports act as one set: the copy
+baseline takes their pixel-wise majority vote and the matcher averages their prototypes over the shots, as
+PANet does for k shots.
+
+Frozen features for the matcher come from the model under evaluation, so the baseline shows what its frozen
+parts alone give: :func:`vae_features` (the VAE posterior mean the UNet sees, the default) and
+:func:`dino_features` (the DINOv2 patch tokens the VTCT pools).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import DINO_INPUT_SIZE
 from .errors import InputError
+from .vtct import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from .network import SDFSMISNet
 
 #: PANet multiplies cosine similarities by 20 before the softmax, so the class logits are not confined to
 #: [-1, 1] (``models/fewshot.py`` ``calDist``, ``scaler=20``).
@@ -43,12 +56,16 @@ def _check_assignment(assignment: np.ndarray, query_count: int, support_count: i
     return assignment.astype(np.int64)
 
 
-def copy_nearest_support(query_count: int, assignment: np.ndarray, support_masks: np.ndarray) -> np.ndarray:
+def copy_nearest_support(query_count: int, assignment: np.ndarray | None, support_masks: np.ndarray) -> np.ndarray:
     """Each query slice's prediction is a copy of its assigned support mask: ``[query_count, H, W]`` booleans.
 
-    The support masks must already be on the query's grid (the 256 x 256 model grid in the protocol).
+    The support masks must already be on the query's grid (the 256 x 256 model grid in the protocol). Without
+    an assignment every query slice gets the supports' majority vote (pixels in more than half of the masks).
     """
     support_masks = np.asarray(support_masks).astype(bool)
+    if assignment is None:
+        vote = support_masks.mean(axis=0) > 0.5
+        return np.repeat(vote[None], query_count, axis=0)
     assignment = _check_assignment(assignment, query_count, len(support_masks))
     return support_masks[assignment]
 
@@ -71,19 +88,25 @@ def _prototypes(features_fn: FeaturesFn, support_images: torch.Tensor, support_m
 
 
 def prototype_logits(features_fn: FeaturesFn, support_images: torch.Tensor, support_masks: torch.Tensor,
-                     query_images: torch.Tensor, assignment: np.ndarray, batch_size: int = 16) -> torch.Tensor:
+                     query_images: torch.Tensor, assignment: np.ndarray | None, batch_size: int = 16) -> torch.Tensor:
     """PANet class logits ``[Q, 2, H, W]`` (background, foreground) of the query slices, on the image grid.
 
     ``features_fn`` maps ``[N, H, W]`` images in [-1, 1] to ``[N, C, h, w]`` features and stays frozen. Each
-    query slice is compared with the prototypes of its assigned support slice: cosine similarity times
-    :data:`PANET_SCALE`, upsampled bilinearly to ``H x W`` (PANet upsamples the scores, then takes the argmax).
-    Queries are processed ``batch_size`` at a time to bound memory.
+    query slice is compared with the prototypes of its assigned support slice (with ``assignment=None``, with
+    the prototypes averaged over all supports): cosine similarity times :data:`PANET_SCALE`, upsampled
+    bilinearly to ``H x W`` (PANet upsamples the scores, then takes the argmax). Queries are processed
+    ``batch_size`` at a time to bound memory.
     """
     support_images, query_images = torch.as_tensor(support_images), torch.as_tensor(query_images)
+    pooled = assignment is None
+    if pooled:
+        assignment = np.zeros(len(query_images), dtype=np.int64)
     assignment = torch.from_numpy(_check_assignment(assignment, len(query_images), len(support_images)))
     logits = []
     with torch.inference_mode():
         prototypes = _prototypes(features_fn, support_images, torch.as_tensor(support_masks))
+        if pooled:
+            prototypes = prototypes.mean(dim=0, keepdim=True)
         for start in range(0, len(query_images), batch_size):
             features = features_fn(query_images[start:start + batch_size])
             chosen = prototypes[assignment[start:start + batch_size].to(prototypes.device)]
@@ -94,10 +117,54 @@ def prototype_logits(features_fn: FeaturesFn, support_images: torch.Tensor, supp
 
 
 def prototype_matcher(features_fn: FeaturesFn, support_images: torch.Tensor, support_masks: torch.Tensor,
-                      query_images: torch.Tensor, assignment: np.ndarray, batch_size: int = 16) -> np.ndarray:
+                      query_images: torch.Tensor, assignment: np.ndarray | None, batch_size: int = 16) -> np.ndarray:
     """Training-free PANet segmentation of the query slices: ``[Q, H, W]`` booleans (foreground beats background).
 
     See :func:`prototype_logits` for the arguments.
     """
     logits = prototype_logits(features_fn, support_images, support_masks, query_images, assignment, batch_size)
     return (logits.argmax(dim=1) == 1).cpu().numpy()
+
+
+def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``[N, H, W]`` images resized (bilinear, antialiased) to ``[N, size, size]``; unchanged when already so."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images[:, None], size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[:, 0]
+
+
+def vae_features(model: "SDFSMISNet") -> FeaturesFn:
+    """Frozen features: the VAE posterior mean ``[N, 4, h, w]`` of the images at the network's resolution.
+
+    These are the latents the UNet receives and the features Query Enhancement pools its prototypes from, so
+    the matcher shows how far the frozen encoder alone separates an organ. The model is put in eval mode
+    (``encode_latents`` samples the posterior while training).
+    """
+    model.eval()
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        images = _resized(images.to(model.device, torch.float32), model.config.image_size)
+        return model.encode_latents(images.to(model.dtype)).float()
+
+    return features
+
+
+def dino_features(model: "SDFSMISNet") -> FeaturesFn:
+    """Frozen features: the DINOv2 patch tokens ``[N, d, g, g]`` (CLS dropped) of the VTCT's encoder.
+
+    The whole slice is resized to DINOv2's 224 x 224 input (no centre crop, unlike the VTCT), so the patch
+    grid covers the same field of view as the mask the prototypes are pooled under.
+    """
+    encoder = model.dino.eval()
+    mean = torch.tensor(IMAGENET_MEAN, device=model.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=model.device)[:, None, None]
+    grid = DINO_INPUT_SIZE // encoder.config.patch_size
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        unit = (_resized(images.to(model.device, torch.float32), DINO_INPUT_SIZE) + 1) / 2
+        pixels = (unit[:, None].expand(-1, 3, -1, -1) - mean) / std
+        tokens = encoder(pixel_values=pixels.to(encoder.dtype)).last_hidden_state[:, 1:]  # CLS dropped
+        return tokens.float().unflatten(1, (grid, grid)).permute(0, 3, 1, 2)
+
+    return features

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
+from .cli_evaluation import register_evaluation_commands
 from .cli_training import register_training_commands
 from .errors import InputError
 
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the result here")
 
     register_training_commands(command)
+    register_evaluation_commands(command)
     command("demo", _command_demo, "run the whole prediction pipeline once on the tiny architecture",
             "sdfsmis demo")
     return parser

@@ -7,8 +7,9 @@ predicted on the slices whose ground truth holds the organ (the protocol's range
 HD95 / ASSD in mm) over the volume. The released SD-FSMIS test instead feeds all supports as one
 k-shot set and pools TP/FP/FN over patients: ``k_shot=True`` and the ``pooled_dice`` summary.
 
-Methods are *predictors*, so the model and the training-free baselines are scored on exactly the
-same slices.
+Methods are *predictors*, so the model and the training-free baselines (:mod:`SDFSMISLib.baselines`)
+are scored on exactly the same slices. The command ``sdfsmis evaluate`` (:mod:`SDFSMISLib.cli_evaluation`)
+runs all of it over the folds and writes the reports.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from .baselines import FeaturesFn, copy_nearest_support, prototype_matcher
 from .datasets import Patient, load_patient
 from .errors import InputError
 from .metrics import organ_metrics
@@ -34,6 +37,20 @@ ORGANS = {
     "chaos-t2": {"Liver": 1, "RK": 2, "LK": 3, "Spleen": 4},
     "synapse-ct": {"Spleen": 1, "RK": 2, "LK": 3, "Liver": 6},
 }
+
+
+def dataset_organs(dataset: str, labels: np.ndarray | None = None) -> dict[str, int]:
+    """Organ names and label ids of ``dataset``: 'chaos-t2', 'synapse-ct' or 'auto'.
+
+    'auto' (phantom folders, other data in the SSL-ALPNet layout) uses the CHAOS ids, which the MR phantoms
+    share, unless ``labels`` hold id 6 but not 4: that is the Synapse layout (CT phantoms), whose liver is 6.
+    """
+    if dataset == "auto":
+        synapse = labels is not None and bool(np.any(labels == 6)) and not np.any(labels == 4)
+        dataset = "synapse-ct" if synapse else "chaos-t2"
+    if dataset not in ORGANS:
+        raise InputError(f"unknown dataset {dataset!r}; use 'auto', {', '.join(ORGANS)}")
+    return dict(ORGANS[dataset])
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,31 @@ def model_predictor(model: SDFSMISNet, threshold: Threshold = Threshold(), large
     return predict
 
 
+def copy_predictor() -> Predictor:
+    """The copy-nearest-support baseline as a protocol predictor (majority vote of the supports in k-shot)."""
+
+    def predict(query: np.ndarray, images: np.ndarray, masks: np.ndarray, assignment: np.ndarray | None) -> np.ndarray:
+        return copy_nearest_support(len(query), assignment, masks)
+
+    return predict
+
+
+def prototype_predictor(features_fn: FeaturesFn, batch_size: int = 16) -> Predictor:
+    """The training-free PANet matcher on frozen ``features_fn`` as a protocol predictor.
+
+    Use :func:`SDFSMISLib.baselines.vae_features` or :func:`~SDFSMISLib.baselines.dino_features` of the
+    evaluated model, so the baseline shows what its frozen encoders give without the trained UNet.
+    """
+
+    def predict(query: np.ndarray, images: np.ndarray, masks: np.ndarray, assignment: np.ndarray | None) -> np.ndarray:
+        def tensor(x: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+        return prototype_matcher(features_fn, tensor(images), tensor(masks), tensor(query), assignment, batch_size)
+
+    return predict
+
+
 @dataclass(frozen=True)
 class OrganCase:
     """What one query patient and organ needs and gives: for metrics and overlays."""
@@ -69,14 +111,17 @@ class OrganCase:
 
 def evaluate_organ(predictor: Predictor, support: PatientData, query: PatientData, organ: int, shots: int = 3,
                    k_shot: bool = False) -> OrganCase:
-    """Protocol prediction and metrics of one organ in one query patient."""
+    """Protocol prediction and metrics of one organ in one query patient.
+
+    A query without the organ has no protocol range: nothing is predicted and both masks are empty.
+    """
     support_slices = support_slice_indices(support.labels, organ, shots)
     query_slices = labelled_slices(query.labels, organ)
     assignment = None if k_shot else query_chunks(query_slices, shots)
-    masks = predictor(query.image[query_slices], support.image[support_slices],
-                      support.labels[support_slices] == organ, assignment)
     prediction = np.zeros(query.labels.shape, dtype=bool)
-    prediction[query_slices] = masks
+    if query_slices.size:
+        prediction[query_slices] = predictor(query.image[query_slices], support.image[support_slices],
+                                             support.labels[support_slices] == organ, assignment)
     truth = query.labels == organ
     metrics = organ_metrics(prediction, truth, query.spacing)
     metrics.update(tp=int((prediction & truth).sum()), fp=int((prediction & ~truth).sum()),
