@@ -16,6 +16,13 @@ def test_cmake_lists_every_library_file() -> None:
     assert listed == present
 
 
+def test_cmake_lists_every_resource_file() -> None:
+    text = (ROOT / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "SDFSMIS")
+    listed = set(re.findall(r"Resources/\S+", text)) - {"Resources/Icons/SDFSMIS.png\")"}
+    present = {str(p.relative_to(ROOT)) for p in (ROOT / "Resources").rglob("*") if p.is_file()}
+    assert present <= listed
+
+
 def test_package_import_does_not_load_torch() -> None:
     code = "import sys, SDFSMISLib; print('torch' in sys.modules, SDFSMISLib.__version__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
