@@ -12,8 +12,8 @@ BIN := $(VENV)/bin
 WORK ?= work
 SDFSMIS := $(BIN)/sdfsmis
 MODEL := Resources/Models/tiny
-VAE_STEPS ?= 300
-TRAIN_STEPS ?= 900
+VAE_STEPS ?= 350
+TRAIN_STEPS ?= 600
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ benchmark: $(BIN)/.installed
 demo-model: $(BIN)/.installed
 	$(SDFSMIS) phantom --out $(WORK)/phantoms-mr --patients 12 --modality mr --seed 0
 	$(SDFSMIS) pseudolabels $(WORK)/phantoms-mr
-	$(SDFSMIS) tiny-base --data $(WORK)/phantoms-mr --out $(WORK)/tiny-base --steps $(VAE_STEPS) --batch-size 2
+	$(SDFSMIS) tiny-base --data $(WORK)/phantoms-mr --out $(WORK)/tiny-base --steps $(VAE_STEPS) --batch-size 2 --crop 96 --lr 2e-3
 	$(SDFSMIS) train --data $(WORK)/phantoms-mr --base-model $(WORK)/tiny-base/sd --dino $(WORK)/tiny-base/dino \
 		--validation 11,12 --out $(WORK)/tiny-run --steps $(TRAIN_STEPS) --batch-size 4 --gradient-accumulation 1 \
 		--unet-lr 2e-4 --mlp-lr 5e-4 --validate-every 100 --save-every 100 --checkpoint-dtype float16
