@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 from . import __version__
 from .cli_evaluation import register_evaluation_commands
+from .cli_inference import register_inference_commands
 from .cli_training import register_training_commands
 from .errors import InputError
 
@@ -77,16 +79,6 @@ def _command_benchmark(args: argparse.Namespace) -> None:
         args.json.write_text(text + "\n")
 
 
-def _command_demo(args: argparse.Namespace) -> None:
-    from .profiling import benchmark_prediction
-
-    print("SD-FSMIS pipeline check on the tiny architecture (random weights: the bundled trained demo "
-          "model comes with the training work).")
-    result = benchmark_prediction("tiny", image_size=256, shots=1, repeats=1)
-    for stage, seconds in result["seconds"].items():
-        print(f"  {stage:18s} {seconds * 1000:8.1f} ms")
-
-
 def add_command(commands: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], None],
                 help_text: str, example: str) -> argparse.ArgumentParser:
     """A sub-command whose ``--help`` shows its description and an example."""
@@ -148,12 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_training_commands(command)
     register_evaluation_commands(command)
-    command("demo", _command_demo, "run the whole prediction pipeline once on the tiny architecture",
-            "sdfsmis demo")
+    register_inference_commands(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads must not spin: on a shared CPU they slow PyTorch down many times over.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

@@ -6,6 +6,11 @@ training and the evaluation. Each query slice names the support slice it uses (a
 once, whatever number of query slices use it, and the query slices run in batches. In k-shot
 mode all support slices form one set instead.
 
+Query slices are encoded by the VAE once (:func:`encode_queries`); a caller propagating several labels
+passes those latents to :func:`predict_foreground_maps` for each label instead of encoding again.
+Batches start at a size that fits the device (:func:`SDFSMISLib.devices.auto_batch_size`) and are
+halved and retried when the GPU runs out of memory (:func:`run_in_batches`).
+
 Slices may come at any in-plane size: they are resized to the network's resolution
 (``config.image_size``) and the foreground maps resized back, so callers work at their own grid.
 """
@@ -13,11 +18,13 @@ Slices may come at any in-plane size: they are resized to the network's resoluti
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .devices import auto_batch_size, is_out_of_memory, release_cached_memory
 from .errors import InputError
 from .network import SDFSMISNet, SupportEncoding
 from .postprocess import Threshold, binarize
@@ -26,8 +33,47 @@ from .postprocess import Threshold, binarize
 ProgressCallback = Callable[[int, int], bool | None]
 
 
+T = TypeVar("T")
+
+
 class Cancelled(Exception):
     """The user cancelled a prediction through its progress callback."""
+
+
+def run_in_batches(step: Callable[[int, int], T], count: int, batch_size: int, device: torch.device,
+                   progress: ProgressCallback | None = None) -> list[T]:
+    """``step(start, stop)`` over ``range(count)`` in batches; the results in order.
+
+    A GPU out-of-memory error halves the batch size and retries the same items, down to one item
+    per batch (then the error propagates: nothing smaller can run). ``progress`` is called after
+    each batch; returning ``False`` raises :class:`Cancelled`.
+    """
+    results, start = [], 0
+    while start < count:
+        stop = min(start + batch_size, count)
+        try:
+            results.append(step(start, stop))
+            out_of_memory = False
+        except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError, as is MPS's
+            if not is_out_of_memory(error) or batch_size == 1:
+                raise
+            out_of_memory = True
+        if out_of_memory:  # outside the handler, so the failed batch's tensors are already freed
+            release_cached_memory(device)
+            batch_size //= 2
+            continue
+        start = stop
+        if progress is not None and progress(start, count) is False:
+            raise Cancelled("prediction cancelled")
+    return results
+
+
+def _batch_size(model: SDFSMISNet, batch_size: int | None) -> int:
+    if batch_size is None:
+        return auto_batch_size(model.device, model.config.image_size, model.dtype)
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size} must be at least 1 (or None for automatic)")
+    return batch_size
 
 
 def _to_network_grid(x: torch.Tensor, size: int, mask: bool = False) -> torch.Tensor:
@@ -52,9 +98,27 @@ def encode_supports(model: SDFSMISNet, images: torch.Tensor, masks: torch.Tensor
 
 
 @torch.inference_mode()
+def encode_queries(model: SDFSMISNet, query_images: np.ndarray, batch_size: int | None = None,
+                   progress: ProgressCallback | None = None) -> torch.Tensor:
+    """VAE latents ``[N, 4, h, w]`` (on the model's device) of ``[N, H, W]`` query slices in [-1, 1].
+
+    Compute them once per query slice and pass them to :func:`predict_foreground_maps` for every
+    label: the query encoding does not depend on the support.
+    """
+    model.eval()
+    queries = torch.as_tensor(np.asarray(query_images), dtype=torch.float32, device=model.device)
+
+    def step(start: int, stop: int) -> torch.Tensor:
+        return model.encode_latents(_to_network_grid(queries[start:stop], model.config.image_size))
+
+    return torch.cat(run_in_batches(step, len(queries), _batch_size(model, batch_size), model.device, progress))
+
+
+@torch.inference_mode()
 def predict_foreground_maps(model: SDFSMISNet, query_images: np.ndarray, support_images: np.ndarray,
                             support_masks: np.ndarray, assignment: np.ndarray | None = None,
-                            batch_size: int = 8, progress: ProgressCallback | None = None) -> np.ndarray:
+                            batch_size: int | None = None, progress: ProgressCallback | None = None,
+                            query_latents: torch.Tensor | None = None) -> np.ndarray:
     """Foreground maps in [0, 1], ``[N, H, W]``, for ``N`` query slices.
 
     Args:
@@ -62,8 +126,9 @@ def predict_foreground_maps(model: SDFSMISNet, query_images: np.ndarray, support
         support_images, support_masks: ``[K, H', W']`` annotated support slices.
         assignment: ``[N]`` index of the support slice each query uses; ``None`` = k-shot (all
             K supports as one set).
-        batch_size: query slices per UNet call.
+        batch_size: query slices per UNet call; ``None`` picks one for the device.
         progress: called after each batch; returning ``False`` cancels.
+        query_latents: ``[N, 4, h, w]`` from :func:`encode_queries` (skips the VAE encoder).
     """
     if support_images.shape != support_masks.shape or support_images.ndim != 3:
         raise InputError(f"support images {support_images.shape} and masks {support_masks.shape} must both be "
@@ -73,6 +138,9 @@ def predict_foreground_maps(model: SDFSMISNet, query_images: np.ndarray, support
     if assignment is not None and (len(assignment) != len(query_images) or
                                    np.any((assignment < 0) | (assignment >= len(support_images)))):
         raise InputError(f"assignment must give one support index in [0, {len(support_images)}) per query slice")
+    if query_latents is not None and len(query_latents) != len(query_images):
+        raise InputError(f"{len(query_latents)} query latents for {len(query_images)} query slices; "
+                         "pass the latents of exactly these slices (encode_queries)")
     model.eval()
     device, size = model.device, model.config.image_size
 
@@ -82,15 +150,16 @@ def predict_foreground_maps(model: SDFSMISNet, query_images: np.ndarray, support
     support = encode_supports(model, tensor(support_images), tensor(support_masks), k_shot=assignment is None)
     queries = tensor(query_images)
     index = None if assignment is None else torch.as_tensor(assignment, dtype=torch.long, device=device)
-    maps = []
-    for start in range(0, len(queries), batch_size):
-        batch = _to_network_grid(queries[start:start + batch_size], size)
-        batch_index = None if index is None else index[start:start + batch_size]
-        latents = model.predict_latents(batch, support, batch_index)
-        maps.append(_from_network_grid(model.decode_foreground(latents).float(), tuple(queries.shape[-2:])))
-        if progress is not None and progress(min(start + batch_size, len(queries)), len(queries)) is False:
-            raise Cancelled("prediction cancelled")
-    return torch.cat(maps).clamp(0, 1).cpu().numpy()
+
+    def step(start: int, stop: int) -> torch.Tensor:
+        batch = _to_network_grid(queries[start:stop], size)
+        batch_index = None if index is None else index[start:stop]
+        latents = None if query_latents is None else query_latents[start:stop].to(device)
+        predicted = model.predict_latents(batch, support, batch_index, query_latents=latents)
+        return _from_network_grid(model.decode_foreground(predicted).float(), tuple(queries.shape[-2:])).cpu()
+
+    maps = run_in_batches(step, len(queries), _batch_size(model, batch_size), device, progress)
+    return torch.cat(maps).clamp(0, 1).numpy()
 
 
 def masks_by_chunk(foreground: np.ndarray, assignment: np.ndarray | None, threshold: Threshold = Threshold(),
@@ -112,7 +181,7 @@ def masks_by_chunk(foreground: np.ndarray, assignment: np.ndarray | None, thresh
 def segment_slices(model: SDFSMISNet, query_images: np.ndarray, support_images: np.ndarray,
                    support_masks: np.ndarray, assignment: np.ndarray | None = None,
                    threshold: Threshold = Threshold(), largest_component: bool = True,
-                   batch_size: int = 8) -> np.ndarray:
+                   batch_size: int | None = None) -> np.ndarray:
     """Boolean masks ``[N, H, W]`` for query slices from annotated support slices.
 
     Example::

@@ -1,0 +1,110 @@
+"""Where the network runs: device and precision choice, a description for the user, batch sizes.
+
+Propagation must work unchanged on a laptop CPU, an Apple GPU and a CUDA workstation, so the caller says
+``"auto"`` and gets the fastest device present (CUDA, then MPS, then the CPU), half precision where the
+hardware computes it natively, and a first batch size that fits the free memory. The batch size is only a
+first guess: :func:`is_out_of_memory` lets the prediction loop halve it and retry
+(:func:`SDFSMISLib.slice_prediction.run_in_batches`), so a wrong guess costs time, never the result.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import InputError
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: Most query slices per batch: beyond this a GPU is saturated and a failure would cost more work.
+MAX_BATCH = 32
+CPU_BATCH = 4
+MPS_BATCH = 8
+#: Conservative peak memory of one query slice at 256 px in half precision (UNet + VAE decoder activations
+#: of the SD-1.5 network); it scales with the pixel count and the element size.
+BYTES_PER_SLICE_256 = 512 * 2**20
+#: Share of the free GPU memory the first batch may plan to use (the rest absorbs fragmentation).
+MEMORY_SHARE = 0.5
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"cpu"`` as a usable ``torch.device``.
+
+    ``"auto"`` picks CUDA, then MPS, then the CPU. Asking for a device that is absent is an
+    :class:`~SDFSMISLib.errors.InputError` rather than a late crash inside torch.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InputError(f"unknown device {name!r}; use one of {', '.join(DEVICES)} (or cuda:N)") from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise InputError(f"device {name!r} is not available here ({count} CUDA GPU(s) found); "
+                             "use --device auto or cpu")
+    elif device.type == "mps" and not _mps_available():
+        raise InputError("device 'mps' (Apple GPU) is not available here; use --device auto or cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {name!r} is not supported; use one of {', '.join(DEVICES)}")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The network's floating type: ``"auto"`` is float16 on a GPU and float32 on the CPU.
+
+    Half precision halves memory and is several times faster on GPUs; CPUs mostly emulate it, so
+    there float32 is both faster and exact.
+    """
+    if name not in DTYPES:
+        raise InputError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    if name == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InputError(f"{torch.cuda.get_device_name(device)} has no bfloat16 support; use float16 or float32")
+    return getattr(torch, name)
+
+
+def describe_device(device: torch.device) -> str:
+    """One line for the user (the Slicer panel, the command line): which hardware, how much memory is free."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return (f"{torch.cuda.get_device_name(device)} (CUDA, {free / 2**30:.1f} GiB free of "
+                f"{total / 2**30:.1f} GiB)")
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    return f"CPU ({torch.get_num_threads()} threads of {os.cpu_count()} cores)"
+
+
+def auto_batch_size(device: torch.device, image_size: int, dtype: torch.dtype) -> int:
+    """A first number of query slices per network call (see the module docstring)."""
+    if device.type == "cpu":
+        return CPU_BATCH
+    if device.type == "mps":
+        return MPS_BATCH
+    free, _total = torch.cuda.mem_get_info(device)
+    per_slice = BYTES_PER_SLICE_256 * (image_size / 256) ** 2 * torch.finfo(dtype).bits / 16
+    return int(max(1, min(MAX_BATCH, MEMORY_SHARE * free // per_slice)))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a GPU running out of memory (CUDA's own type, or MPS's RuntimeError)."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give the allocator's cached blocks back after an out-of-memory error, before a smaller retry."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
