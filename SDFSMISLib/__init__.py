@@ -24,6 +24,12 @@ _API = {
     "predict_foreground_maps": "slice_prediction",
     "segment_slices": "slice_prediction",
     "Threshold": "postprocess",
+    "propagate": "propagation",
+    "PropagationOptions": "propagation",
+    "load_model": "propagation",
+    "read_volume": "volume_io",
+    "write_volume": "volume_io",
+    "Volume": "volume_io",
 }
 __all__ = ["__version__", *_API]
 
