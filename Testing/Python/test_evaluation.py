@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +22,6 @@ from SDFSMISLib.volume_io import write_volume
 SIZE = 64
 PATIENTS = range(1, 11)  # 10 patients: folds of 3, so the RPT support index 2 exists
 HEADER = "| Method | Spleen | Liver | LK | RK | Mean Dice | HD95 | ASSD |"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The tiny networks' 64 x 64 convolutions gain nothing from threads, and on a busy CPU two threads waiting
-    for each other run them tens of times slower; the previous setting comes back after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -39,15 +37,6 @@ GRIDS = {
     "anisotropic": ((9, 64, 48), (7.0, 5.0, 17.0), CHAOS_DIRECTION),
     "sagittal-stored": ((48, 64, 10), (15.0, 5.5, 7.0), (0.0, 0, 1, 0, -1, 0, 1, 0, 0)),  # array axis 2 is S-I
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a loaded 2-core machine two spinning OpenMP threads run 10-30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
