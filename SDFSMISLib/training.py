@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -226,7 +227,11 @@ def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: T
     final = output / FINAL_CHECKPOINT
     if accelerator.is_main_process:
         record = {"steps": step, "options": {k: v for k, v in asdict(options).items() if k != "extra"},
+                  "seconds": round(time.perf_counter() - started, 1),
+                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                   **options.extra, **(summary or {})}
+        if torch.cuda.is_available():
+            record["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         save_checkpoint(accelerator.unwrap_model(objective).network, final, dtype=getattr(torch, options.checkpoint_dtype),
                         training=record)
     accelerator.wait_for_everyone()
