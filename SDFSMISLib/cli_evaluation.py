@@ -213,7 +213,7 @@ def _evaluate(args: argparse.Namespace, plans: list[FoldPlan], methods: list[str
                     run.overlays += [] if overlay is None else [overlay]
 
             evaluate_fold(_predictors(args, methods, model, run.timers), support, queries, run.organs, plan.fold,
-                          args.shots, args.k_shot, on_case, run.results)
+                          args.shots, args.k_shot, args.query_range, on_case, run.results)
     return run
 
 
@@ -278,6 +278,7 @@ def _write_reports(args: argparse.Namespace, plans: list[FoldPlan], methods: lis
     by_label = {labels[method]: run.results[method] for method in methods}
     record = {
         "command": _command_line(args), "versions": _versions(), "setting": args.setting, "k_shot": args.k_shot,
+        "query_range": args.query_range,
         "dataset": args.dataset, "organs": run.organs, "methods": labels,
         "folds": [{"fold": plan.fold, "support": plan.support.id, "queries": [q.id for q in plan.queries],
                    "checkpoint": plan.checkpoint} for plan in plans],
@@ -336,6 +337,9 @@ def register_evaluation_commands(command: CommandFactory) -> None:
                           help="frozen features of the prototype baseline: VAE latent mean or DINOv2 patch tokens")
     evaluate.add_argument("--k-shot", action="store_true",
                           help="released-code variant: all supports as one set (compare the summary's pooled Dice)")
+    evaluate.add_argument("--query-range", choices=("ground-truth", "estimated"), default="ground-truth",
+                          help="ground-truth: the protocol's labelled query slices; estimated: the range SDFSMIS "
+                          "estimates without the query's labels, as in real use")
     evaluate.add_argument("--setting", type=int, choices=(1, 2), default=1,
                           help="the models' training setting, recorded in results.json")
     evaluate.add_argument("--label", default="SD-FSMIS", help="table row of the model")

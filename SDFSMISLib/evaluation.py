@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,10 +28,13 @@ from .metrics import organ_metrics
 from .network import SDFSMISNet
 from .postprocess import Threshold
 from .protocol import labelled_slices, query_chunks, support_slice_indices
+from .query_range import evaluation_query_slices, range_agreement
 from .slice_prediction import segment_slices
 
 #: ``(query_images [N,H,W], support_images [K,H,W], support_masks [K,H,W], assignment [N] or None) -> masks``
 Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
+
+QueryRange = Literal["ground-truth", "estimated"]
 
 #: Organ names and label ids per dataset (method-notes).
 ORGANS = {
@@ -110,13 +114,23 @@ class OrganCase:
 
 
 def evaluate_organ(predictor: Predictor, support: PatientData, query: PatientData, organ: int, shots: int = 3,
-                   k_shot: bool = False) -> OrganCase:
+                   k_shot: bool = False, query_range: QueryRange = "ground-truth") -> OrganCase:
     """Protocol prediction and metrics of one organ in one query patient.
 
+    ``query_range="ground-truth"`` is the protocol (the query's labelled slices); ``"estimated"``
+    predicts on the range :mod:`SDFSMISLib.query_range` estimates without the query's labels, as
+    a user would get, and records its agreement with the true range (``range_iou``).
     A query without the organ has no protocol range: nothing is predicted and both masks are empty.
     """
     support_slices = support_slice_indices(support.labels, organ, shots)
-    query_slices = labelled_slices(query.labels, organ)
+    true_slices = labelled_slices(query.labels, organ)
+    if query_range == "ground-truth":
+        query_slices = true_slices
+    elif query_range == "estimated":
+        query_slices = evaluation_query_slices(support.image, support_slices, query.image, support.spacing,
+                                               query.spacing, support.labels[support_slices] == organ)
+    else:
+        raise InputError(f"query range must be 'ground-truth' or 'estimated', got {query_range!r}")
     assignment = None if k_shot else query_chunks(query_slices, shots)
     prediction = np.zeros(query.labels.shape, dtype=bool)
     if query_slices.size:
@@ -125,7 +139,7 @@ def evaluate_organ(predictor: Predictor, support: PatientData, query: PatientDat
     truth = query.labels == organ
     metrics = organ_metrics(prediction, truth, query.spacing)
     metrics.update(tp=int((prediction & truth).sum()), fp=int((prediction & ~truth).sum()),
-                   fn=int((~prediction & truth).sum()))
+                   fn=int((~prediction & truth).sum()), range_iou=range_agreement(query_slices, true_slices)["iou"])
     return OrganCase(support_slices, query_slices, assignment, prediction, metrics)
 
 
@@ -135,6 +149,7 @@ Results = dict[str, dict[str, list[dict[str, float]]]]
 
 def evaluate_fold(predictors: Mapping[str, Predictor], support: PatientData, queries: Sequence[PatientData],
                   organs: Mapping[str, int], fold: int, shots: int = 3, k_shot: bool = False,
+                  query_range: QueryRange = "ground-truth",
                   on_case: Callable[[str, str, PatientData, OrganCase], None] | None = None,
                   results: Results | None = None) -> Results:
     """Score every predictor on every query patient and organ of one fold; appends to ``results``."""
@@ -142,7 +157,7 @@ def evaluate_fold(predictors: Mapping[str, Predictor], support: PatientData, que
     for method, predictor in predictors.items():
         for name, organ in organs.items():
             for query in queries:
-                case = evaluate_organ(predictor, support, query, organ, shots, k_shot)
+                case = evaluate_organ(predictor, support, query, organ, shots, k_shot, query_range)
                 results.setdefault(method, {}).setdefault(name, []).append(
                     {"patient": query.id, "fold": fold, **case.metrics})
                 if on_case is not None:
@@ -161,6 +176,7 @@ def summarize(results: Results) -> dict[str, dict[str, dict[str, float]]]:
                 "pooled_dice": 2 * tp / max(2 * tp + fp + fn, 1),
                 "hd95": float(np.nanmean([case["hd95"] for case in cases])),
                 "assd": float(np.nanmean([case["assd"] for case in cases])),
+                "range_iou": float(np.mean([case.get("range_iou", 1.0) for case in cases])),
                 "patients": len(cases),
             }
     return summary

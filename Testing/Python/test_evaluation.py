@@ -105,6 +105,18 @@ def test_k_shot_records_pooled_dice(phantoms: Path, tmp_path: Path) -> None:
     assert record["summary"]["copy"]["Liver"]["pooled_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
 
 
+def test_estimated_query_range_is_scored_against_the_true_range(phantoms: Path, tmp_path: Path) -> None:
+    assert evaluate(phantoms, tmp_path / "truth", "--methods", "copy", "--folds", "0") == 0
+    assert evaluate(phantoms, tmp_path / "estimated", "--methods", "copy", "--folds", "0",
+                    "--query-range", "estimated") == 0
+    truth, estimated = (json.loads((tmp_path / run / "results.json").read_text())["cases"]["copy"]["Liver"]
+                        for run in ("truth", "estimated"))
+    assert all(case["range_iou"] == 1.0 for case in truth)
+    assert all(0.0 <= case["range_iou"] <= 1.0 for case in estimated)
+    assert np.mean([case["range_iou"] for case in estimated]) > 0.5
+    assert json.loads((tmp_path / "estimated" / "results.json").read_text())["query_range"] == "estimated"
+
+
 def test_checkpoint_with_fold_loads_one_model_per_fold(phantoms: Path, model_files: list[str], tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     pattern, base, dino, *paths = model_files
