@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
@@ -36,6 +37,20 @@ def bundled_model() -> ModelFiles:
                          "Resources/ folder. Use a source checkout (pip install -e .), run `make demo-model` to "
                          "rebuild it, or pass --checkpoint, --base-model and --dino")
     return files
+
+
+def chosen_model(checkpoint: Any, base_model: Any, dino: Any) -> ModelFiles:
+    """The model the user named on the command line, or the bundled one when none; a partial set is refused.
+
+    The checkpoint holds only the trained parts, so it is useless without its base model and DINOv2.
+    """
+    given = [checkpoint, base_model, dino]
+    if not any(given):
+        return bundled_model()
+    if not all(given):
+        raise InputError("--checkpoint, --base-model and --dino go together (the checkpoint holds only the trained "
+                         "parts); give all three, or none for the bundled demo model")
+    return ModelFiles(Path(checkpoint), Path(base_model), Path(dino))
 
 
 def bundled_phantoms() -> Path:

@@ -97,15 +97,10 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
 
 def _model_files(args: argparse.Namespace) -> tuple[str, Path, Path]:
     """Checkpoint (possibly with ``{fold}``), base model and DINOv2: the user's, or the bundled model's."""
-    if args.checkpoint is None and args.base_model is None and args.dino is None:
-        from .bundled import bundled_model
+    from .bundled import chosen_model
 
-        files = bundled_model()
-        return str(files.checkpoint), files.base_model, files.dino
-    if args.checkpoint is None or args.base_model is None or args.dino is None:
-        raise InputError("--checkpoint, --base-model and --dino go together; give all three, or none for the "
-                         "bundled model")
-    return args.checkpoint, args.base_model, args.dino
+    files = chosen_model(args.checkpoint, args.base_model, args.dino)
+    return str(files.checkpoint), files.base_model, files.dino
 
 
 def _fold_checkpoint(pattern: str | None, fold: int) -> Path | None:
@@ -136,12 +131,6 @@ def _plan(args: argparse.Namespace, pattern: str | None) -> list[FoldPlan]:
         support, queries = test_support_and_queries(test, args.support_index)
         plans.append(FoldPlan(fold, support, queries, _fold_checkpoint(pattern, fold)))
     return plans
-
-
-def _device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 def _timed(predictor: Predictor, timer: Timer) -> Predictor:
@@ -190,6 +179,7 @@ def _evaluate(args: argparse.Namespace, plans: list[FoldPlan], methods: list[str
     from tqdm.auto import tqdm
 
     from .checkpoint import load_checkpoint
+    from .devices import resolve_device
     from .evaluation import dataset_organs, evaluate_fold, patient_data
 
     run, model, loaded = Run(), None, None
@@ -202,7 +192,7 @@ def _evaluate(args: argparse.Namespace, plans: list[FoldPlan], methods: list[str
                 table = dataset_organs(args.dataset, support.labels)
                 run.organs = {name: table[name] for name in organ_names}
             if MODEL_METHODS & set(methods) and plan.checkpoint != loaded:
-                model = load_checkpoint(plan.checkpoint, base_model, dino).to(_device(args.device)).eval()
+                model = load_checkpoint(plan.checkpoint, base_model, dino).to(resolve_device(args.device)).eval()
                 loaded = plan.checkpoint
 
             def on_case(method: str, name: str, query: PatientData, case: OrganCase) -> None:

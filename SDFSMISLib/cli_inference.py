@@ -97,24 +97,12 @@ def read_labelmap(path: Path) -> Volume:
     return Volume.from_image(image)
 
 
-def _model_files(args: argparse.Namespace):  # noqa: ANN202 - ModelFiles, imported lazily with torch
-    """The model the user named, or the bundled one; a partial set of files is refused."""
-    from .bundled import ModelFiles, bundled_model
-
-    given = [args.checkpoint, args.base_model, args.dino]
-    if not any(given):
-        return bundled_model()
-    if not all(given):
-        raise InputError("--checkpoint, --base-model and --dino go together (the checkpoint holds only the trained "
-                         "parts); give all three, or none for the bundled demo model")
-    return ModelFiles(args.checkpoint, args.base_model, args.dino)
-
-
 def _load(args: argparse.Namespace):  # noqa: ANN202 - SDFSMISNet, imported lazily with torch
+    from .bundled import chosen_model
     from .devices import describe_device
     from .propagation import load_model
 
-    model = load_model(_model_files(args), args.device, args.dtype)
+    model = load_model(chosen_model(args.checkpoint, args.base_model, args.dino), args.device, args.dtype)
     print(f"model: {model.config.image_size} px network on {describe_device(model.device)}, "
           f"{str(model.dtype).removeprefix('torch.')}")
     return model
