@@ -32,6 +32,7 @@ import numpy as np
 
 from .cli_training import CommandFactory, int_list
 from .errors import InputError
+from .labels import PAPER_ORDER
 
 if TYPE_CHECKING:
     from .datasets import Patient
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 METHODS = ("sdfsmis", "copy", "prototype")
 #: Methods that need the model: SD-FSMIS itself, and the matcher on its frozen encoders.
 MODEL_METHODS = {"sdfsmis", "prototype"}
-ORGAN_NAMES = ("Spleen", "Liver", "LK", "RK")
 FOLD_FIELD = "{fold}"
 PACKAGES = ("torch", "diffusers", "transformers", "numpy", "scipy", "SimpleITK")
 
@@ -286,7 +286,7 @@ def _write_reports(args: argparse.Namespace, plans: list[FoldPlan], methods: lis
 
 def _command_evaluate(args: argparse.Namespace) -> None:
     methods = _choices(args.methods, METHODS, "methods")
-    organ_names = _choices(args.organs, ORGAN_NAMES, "organs")
+    organ_names = _choices(args.organs, PAPER_ORDER, "organs")
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file; give a folder for the reports")
     pattern, base_model, dino = _model_files(args) if MODEL_METHODS & set(methods) else (None, None, None)
@@ -318,7 +318,7 @@ def register_evaluation_commands(command: CommandFactory) -> None:
     evaluate.add_argument("--support-index", type=int, default=2,
                           help="position of the support patient among a fold's test patients (RPT: 2)")
     evaluate.add_argument("--methods", default="sdfsmis,copy,prototype", help=f"any of {','.join(METHODS)}")
-    evaluate.add_argument("--organs", default=",".join(ORGAN_NAMES), help="organs to score")
+    evaluate.add_argument("--organs", default=",".join(PAPER_ORDER), help="organs to score")
     evaluate.add_argument("--checkpoint", help="SD-FSMIS checkpoint; {fold} in the path is replaced by the fold "
                           "(one model per fold). Default: the bundled model")
     evaluate.add_argument("--base-model", type=Path, help="SD-1.5 folder or file the checkpoint was trained on")

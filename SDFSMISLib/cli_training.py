@@ -83,8 +83,9 @@ def _command_train(args: argparse.Namespace) -> None:
 
     from .base_model import load_base_model
     from .checkpoint import load_checkpoint
-    from .datasets import LABEL_NAMES, fold_split, scan_folder
+    from .datasets import fold_split, scan_folder
     from .evaluation import patient_data
+    from .labels import DATASET_LABELS, DEFAULT_DATASET, structure
     from .training import TrainingOptions, train
     from .training_data import protocol_validator
 
@@ -109,8 +110,8 @@ def _command_train(args: argparse.Namespace) -> None:
     pair = _validation_patients(args, held_out)
     if pair:
         support, query = (patient_data(p, args.recipe) for p in pair)
-        names = LABEL_NAMES.get(args.dataset, LABEL_NAMES["chaos-t2"])
-        organs = {names.get(int(i), f"label {int(i)}"): int(i)
+        dataset = args.dataset if args.dataset in DATASET_LABELS else DEFAULT_DATASET
+        organs = {structure(i, dataset).name: int(i)
                   for i in sorted(set(support.labels.ravel().tolist()) & set(query.labels.ravel().tolist())) if i}
         validator = protocol_validator(support, query, organs)
     if args.checkpoint:

@@ -29,10 +29,6 @@ from .preprocessing import Preprocessed, preprocess
 from .volume_io import read_volume
 
 FOLD_COUNT = 5
-LABEL_NAMES = {
-    "chaos-t2": {1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"},
-    "synapse-ct": {1: "spleen", 2: "right kidney", 3: "left kidney", 6: "liver"},
-}
 SETTING2_RULES = ("or", "and")
 FILE_PATTERN = re.compile(r"^(image|label|supervoxel|superpix-[^_]+)_(\d+)\.nii(\.gz)?$")
 LAYOUT = "image_<id>.nii.gz, label_<id>.nii.gz and supervoxel_<id>.nii.gz (or superpix-MIDDLE_<id>.nii.gz)"

@@ -24,6 +24,7 @@ import torch
 from .baselines import FeaturesFn, copy_nearest_support, prototype_matcher
 from .datasets import Patient, load_patient
 from .errors import InputError
+from .labels import organ_ids
 from .metrics import organ_metrics
 from .network import SDFSMISNet
 from .postprocess import Threshold
@@ -36,11 +37,6 @@ Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], np
 
 QueryRange = Literal["ground-truth", "estimated"]
 
-#: Organ names and label ids per dataset (method-notes).
-ORGANS = {
-    "chaos-t2": {"Liver": 1, "RK": 2, "LK": 3, "Spleen": 4},
-    "synapse-ct": {"Spleen": 1, "RK": 2, "LK": 3, "Liver": 6},
-}
 
 
 def dataset_organs(dataset: str, labels: np.ndarray | None = None) -> dict[str, int]:
@@ -52,9 +48,7 @@ def dataset_organs(dataset: str, labels: np.ndarray | None = None) -> dict[str, 
     if dataset == "auto":
         synapse = labels is not None and bool(np.any(labels == 6)) and not np.any(labels == 4)
         dataset = "synapse-ct" if synapse else "chaos-t2"
-    if dataset not in ORGANS:
-        raise InputError(f"unknown dataset {dataset!r}; use 'auto', {', '.join(ORGANS)}")
-    return dict(ORGANS[dataset])
+    return organ_ids(dataset)
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,13 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .errors import InputError
+from .labels import label_ids
 from .volume_io import Volume, write_volume
 
 MODALITIES = ("mr", "ct")
-LABEL_IDS = {
-    "mr": {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4},  # CHAOS-T2 (Abd-MRI)
-    "ct": {"spleen": 1, "right_kidney": 2, "left_kidney": 3, "liver": 6},  # Synapse/SABS (Abd-CT)
-}
+#: Each modality's phantoms use the label ids of its benchmark: CHAOS-T2 (Abd-MRI) and Synapse/SABS (Abd-CT).
+MODALITY_DATASETS = {"mr": "chaos-t2", "ct": "synapse-ct"}
+LABEL_IDS = {modality: label_ids(dataset) for modality, dataset in MODALITY_DATASETS.items()}
 CHAOS_DIRECTION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # what SimpleITK reads for the CHAOS files
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 CT_WINDOW = (-125.0, 275.0)  # HU window of the SABS preprocessing

@@ -25,11 +25,11 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from .atomic import atomic_output
+from .labels import PAPER_ORDER
 
 Results = Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]]
 
-#: Column order of the paper's tables (Tab. 1, 7, 8).
-ORGANS = ("Spleen", "Liver", "LK", "RK")
+ORGANS = PAPER_ORDER
 
 _MASK_COLOURS = {"support": "#ffd400", "prediction": "#ff3b30", "truth": "#30d158"}
 

@@ -15,7 +15,8 @@ from SDFSMISLib.base_model import load_base_model
 from SDFSMISLib.baselines import copy_nearest_support, dino_features, prototype_matcher, vae_features
 from SDFSMISLib.checkpoint import save_checkpoint
 from SDFSMISLib.cli import main
-from SDFSMISLib.evaluation import ORGANS, dataset_organs
+from SDFSMISLib.evaluation import dataset_organs
+from SDFSMISLib.labels import organ_ids
 from SDFSMISLib.phantom import generate_phantom
 from SDFSMISLib.volume_io import write_volume
 
@@ -163,8 +164,8 @@ def test_bad_input_exits_2_and_writes_nothing(problem: str, phantoms: Path, unla
 
 def test_auto_dataset_reads_the_label_layout() -> None:
     chaos = np.array([[[0, 1, 2, 3, 4]]])
-    assert dataset_organs("auto", chaos) == ORGANS["chaos-t2"] == dataset_organs("chaos-t2")
-    assert dataset_organs("auto", np.array([[[0, 1, 2, 3, 6]]])) == ORGANS["synapse-ct"]
+    assert dataset_organs("auto", chaos) == organ_ids("chaos-t2") == dataset_organs("chaos-t2")
+    assert dataset_organs("auto", np.array([[[0, 1, 2, 3, 6]]])) == organ_ids("synapse-ct")
 
 
 def test_copy_without_assignment_is_the_majority_vote() -> None:
