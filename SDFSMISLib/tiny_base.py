@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import Dinov2Config, Dinov2Model
 
 from . import latents as codec
+from .atomic import atomic_folder
 from .config import SDFSMISConfig
 
 KL_WEIGHT = 1e-6
@@ -91,13 +92,14 @@ def pretrain_vae(vae: AutoencoderKL, episodes: Dataset, steps: int, batch_size: 
 
 
 def write_tiny_base(folder: Path | str, vae: AutoencoderKL, config: SDFSMISConfig, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``folder/sd`` (seeded UNet + the given VAE, diffusers layout) and ``folder/dino``.
+    """Write ``folder/sd`` (seeded UNet + the given VAE, diffusers layout) and ``folder/dino``, all or nothing.
 
     Returns ``(base_model, dino)`` paths as :func:`SDFSMISLib.load_base_model` takes them.
     """
     folder = Path(folder)
     torch.manual_seed(seed)
-    UNet2DConditionModel.from_config(config.unet).save_pretrained(folder / "sd" / "unet")
-    vae.save_pretrained(folder / "sd" / "vae")
-    Dinov2Model(Dinov2Config(**config.dino)).save_pretrained(folder / "dino")
+    with atomic_folder(folder / "sd") as sd, atomic_folder(folder / "dino") as dino:
+        UNet2DConditionModel.from_config(config.unet).save_pretrained(sd / "unet")
+        vae.save_pretrained(sd / "vae")
+        Dinov2Model(Dinov2Config(**config.dino)).save_pretrained(dino)
     return folder / "sd", folder / "dino"

@@ -106,3 +106,19 @@ def test_tiny_base_pretraining_lowers_reconstruction_loss_and_loads(tmp_path: Pa
     model = load_base_model(base, dino, image_size=SIZE)
     assert model.vae.config.scaling_factor == pytest.approx(vae.config.scaling_factor)
     torch.testing.assert_close(model.vae.encoder.conv_in.weight, vae.encoder.conv_in.weight)
+
+
+def test_atomic_folder_replaces_whole_or_keeps_old(tmp_path: Path) -> None:
+    from SDFSMISLib.atomic import atomic_folder
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_folder(target) as folder:
+        (folder / "new.txt").write_text("half")
+        raise RuntimeError("writer failed")
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    with atomic_folder(target) as folder:
+        (folder / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folders left beside it
