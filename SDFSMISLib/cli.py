@@ -15,6 +15,7 @@ from typing import Callable
 
 from . import __version__
 from .cli_evaluation import register_evaluation_commands
+from .cli_export import register_export_commands
 from .cli_inference import register_inference_commands
 from .cli_training import register_training_commands
 from .errors import InputError
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_training_commands(command)
     register_evaluation_commands(command)
     register_inference_commands(command)
+    register_export_commands(command)
     return parser
 
 
