@@ -80,6 +80,11 @@ class Preprocessed:
         labels = _checked(labels, self.model.array.shape, "model")
         return self.original.with_array(_resample(labels, self.model, self.original, sitk.sitkNearestNeighbor, 0))
 
+    def values_to_original(self, values: np.ndarray) -> Volume:
+        """A model-grid float map ``[S, size, size]`` (e.g. probabilities) on the input grid, linearly."""
+        values = _checked(values, self.model.array.shape, "model").astype(np.float32)
+        return self.original.with_array(_resample(values, self.model, self.original, sitk.sitkLinear, 0.0))
+
     def slice_positions(self) -> np.ndarray:
         """Physical position (mm along the slice normal, increasing superiorly) of each model slice.
 

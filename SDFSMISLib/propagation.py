@@ -45,13 +45,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from .bundled import ModelFiles, bundled_model
 from .checkpoint import load_checkpoint
 from .devices import resolve_device, resolve_dtype
 from .errors import InputError
+from .grid_placement import place_on_grid
 from .network import SDFSMISNet
 from .postprocess import Threshold
 from .preprocessing import Preprocessed, preprocess
@@ -79,6 +80,8 @@ class PropagationOptions:
         recipe: preprocessing recipe of all volumes (:data:`SDFSMISLib.preprocessing.RECIPES`).
         threshold, largest_component: post-processing of the foreground maps (the released rule).
         batch_size: query slices per network call; ``None`` sizes it for the device.
+        probabilities: also return each label's foreground probability on the query grid
+            (:attr:`PropagationResult.probabilities`, for a FRACTIONAL DICOM-SEG).
     """
 
     labels: Sequence[int] | None = None
@@ -92,6 +95,7 @@ class PropagationOptions:
     threshold: Threshold = Threshold()
     largest_component: bool = True
     batch_size: int | None = None
+    probabilities: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ class PropagationResult:
     supports: Supports
     plans: dict[int, LabelPlan]
     seconds: float
+    #: With ``PropagationOptions.probabilities``: label -> float32 map in [0, 1] on the query grid (see
+    #: :func:`_probability_maps`); otherwise empty.
+    probabilities: dict[int, Volume] = field(default_factory=dict)
 
     @property
     def predicted_slice_count(self) -> int:
@@ -188,11 +195,13 @@ def propagate(model: SDFSMISNet, query: Volume, support_mask: Volume, support: V
         supports = Supports(prepared, prepared_support, _model_labels(prepared_support, inputs.support_mask),
                             own_labels)
     plans = plan_propagation(supports, labels, options)
-    model_labels = _predict(model, supports, plans, options, progress)
+    model_labels, foreground = _predict(model, supports, plans, options, progress)
     labelmap = prepared.labels_to_original(model_labels.astype(_label_dtype(labels)))
     if inputs.query_mask is not None:
         labelmap = _restore_annotated(labelmap, inputs.query_mask, labels)
-    return PropagationResult(labelmap, model_labels, supports, plans, time.perf_counter() - started)
+    probabilities = _probability_maps(prepared, foreground, model_labels, supports, plans) \
+        if options.probabilities else {}
+    return PropagationResult(labelmap, model_labels, supports, plans, time.perf_counter() - started, probabilities)
 
 
 @dataclass(frozen=True)
@@ -288,13 +297,15 @@ def _placed(supports: Supports, other: np.ndarray, label: int, slices: np.ndarra
 
 
 def _predict(model: SDFSMISNet, supports: Supports, plans: dict[int, LabelPlan], options: PropagationOptions,
-             progress: ProgressCallback | None) -> np.ndarray:
-    """Model-space labelmap: every label predicted on its slices, overlaps to the most probable label."""
+             progress: ProgressCallback | None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Model-space labelmap (every label predicted on its slices, overlaps to the most probable label) and
+    each label's foreground maps on its predicted slices."""
     query = supports.query
     merged = MostProbableLabel(query.image.shape)
+    foregrounds: dict[int, np.ndarray] = {}
     union = np.unique(np.concatenate([plan.predicted_slices for plan in plans.values()]))
     if union.size == 0:  # every slice of every range is annotated: nothing to predict
-        return merged.labels
+        return merged.labels, foregrounds
     counter = _ProgressCounter(progress, len(union) + sum(len(plan.predicted_slices) for plan in plans.values()))
     latents = encode_queries(model, query.image[union], options.batch_size, counter.stage())
     for label, plan in plans.items():
@@ -309,7 +320,38 @@ def _predict(model: SDFSMISNet, supports: Supports, plans: dict[int, LabelPlan],
         if plan.range_source == "estimated" and options.refine_range:
             predicted = _trim_range(predicted, foreground, plan)
         merged.add(label, plan.predicted_slices, predicted, foreground)
-    return merged.labels
+        foregrounds[label] = foreground
+    return merged.labels, foregrounds
+
+
+#: A voxel keeps its foreground probability within this many model pixels (in-plane) of its label's mask.
+PROBABILITY_RIM = 2
+
+
+def _probability_maps(prepared: Preprocessed, foregrounds: dict[int, np.ndarray], model_labels: np.ndarray,
+                      supports: Supports, plans: dict[int, LabelPlan]) -> dict[int, Volume]:
+    """Each label's foreground probability on the query grid, consistent with the labelmap.
+
+    The value is the network's foreground map (the decoded mask latent, in [0, 1]) within
+    :data:`PROBABILITY_RIM` pixels of the label's final mask, so the soft rim around the boundary is kept
+    while what post-processing dropped (other components, trimmed end slices, voxels another label won)
+    reads 0. Annotated query slices read 1 inside the annotation and 0 elsewhere. The binary labelmap is
+    not this map thresholded at 0.5: the released rule thresholds at a fraction of each chunk's maximum.
+    Maps go to the query grid with linear interpolation.
+    """
+    rim = ndimage.generate_binary_structure(3, 1)
+    rim[0] = rim[2] = False  # in-plane only: slices are predicted independently
+    maps = {}
+    for label, plan in plans.items():
+        mask = model_labels == label
+        probability = np.zeros(model_labels.shape, dtype=np.float32)
+        if label in foregrounds:
+            probability[plan.predicted_slices] = foregrounds[label]
+        probability *= ndimage.binary_dilation(mask, rim, iterations=PROBABILITY_RIM)
+        if plan.annotated_slices.size:
+            probability[plan.annotated_slices] = supports.query_labels[plan.annotated_slices] == label
+        maps[label] = prepared.values_to_original(np.clip(probability, 0.0, 1.0))
+    return maps
 
 
 class MostProbableLabel:
@@ -387,26 +429,10 @@ def _model_labels(prepared: Preprocessed, mask: Volume) -> np.ndarray:
 
 
 def _mask_on_grid(mask: Volume, volume: Volume, name: str) -> Volume:
-    """``mask`` on exactly ``volume``'s grid: as it is, or placed voxel for voxel when its grid is a crop or pad
-    of the volume's (3D Slicer saves segmentations cropped to their extent); any other grid is refused."""
-    if mask.same_grid(volume, tolerance=1e-3):
-        return volume.with_array(mask.array)
-    axes = volume.direction_matrix() * np.asarray(volume.spacing)
-    offset = np.linalg.solve(axes, np.subtract(mask.origin, volume.origin))
-    lattice = np.allclose(mask.spacing, volume.spacing, atol=1e-3) and np.allclose(
-        mask.direction, volume.direction, atol=1e-3) and np.allclose(offset, np.rint(offset), atol=1e-3)
-    if not lattice:
-        raise InputError(f"the {name} mask (shape {mask.array.shape}, spacing {mask.spacing}, origin {mask.origin}) "
-                         f"is not on the {name} volume's grid (shape {volume.array.shape}, spacing {volume.spacing}, "
-                         f"origin {volume.origin}); save the mask with that volume as reference geometry, or "
-                         "resample it onto it")
-    reference = sitk.Image([int(size) for size in volume.array.shape[::-1]], sitk.sitkUInt8)
-    reference.SetSpacing(volume.spacing)
-    reference.SetOrigin(volume.origin)
-    reference.SetDirection(volume.direction)
-    image = mask.to_image()
-    placed = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
-    return volume.with_array(sitk.GetArrayFromImage(placed))
+    """``mask`` on exactly ``volume``'s grid, voxel for voxel (3D Slicer saves segmentations cropped to their
+    extent, converters flip axes); a grid whose voxel centres differ is refused."""
+    return place_on_grid(mask, volume, f"{name} mask", "save the mask with that volume as reference geometry, or "
+                         "resample it onto it", f"the {name} volume")
 
 
 def _labels_to_propagate(own_mask: Volume | None, other_mask: Volume | None,

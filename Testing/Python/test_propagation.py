@@ -233,8 +233,25 @@ def test_a_mask_cropped_to_its_extent_is_placed_on_the_volume_grid(copy_oracle: 
     origin = np.asarray(mask.origin) + mask.direction_matrix() @ (np.asarray(mask.spacing) * low[::-1])
     cropped = Volume(crop, mask.spacing, tuple(origin), mask.direction)  # as 3D Slicer saves a segmentation
     assert np.array_equal(propagate(copy_oracle, query, cropped).labelmap.array, full)
-    with pytest.raises(InputError, match="not on the query volume's grid"):
+    with pytest.raises(InputError, match="not on the grid of the query volume"):
         propagate(copy_oracle, query, Volume(crop, mask.spacing, tuple(origin + 1.3), mask.direction))
+
+
+
+def test_probabilities_follow_the_labelmap_and_keep_annotations(copy_oracle: SDFSMISNet) -> None:
+    query, truth = phantom(3, "flipped")
+    liver = np.flatnonzero((along_si(truth) == LIVER).any(axis=(1, 2)))
+    annotated = [int(liver[0]), int(liver[len(liver) // 2]), int(liver[-1])]
+    assert propagate(copy_oracle, query, annotate(truth, annotated)).probabilities == {}
+    result = propagate(copy_oracle, query, annotate(truth, annotated), options=PropagationOptions(probabilities=True))
+    assert set(result.probabilities) == set(result.plans)
+    for label, probability in result.probabilities.items():
+        assert probability.same_grid(query, tolerance=0) and probability.array.dtype == np.float32
+        assert 0 <= probability.array.min() and probability.array.max() <= 1
+        assert dice(probability.array > 0.5, result.labelmap.array == label) > 0.95, label
+    liver_probability = along_si(result.probabilities[LIVER])
+    for index in annotated:  # an annotated slice is certain: exactly its annotation
+        assert np.array_equal(liver_probability[index], (along_si(truth)[index] == LIVER).astype(np.float32))
 
 
 # --- efficiency, overlaps, devices ------------------------------------------------------------------------------
