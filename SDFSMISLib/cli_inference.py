@@ -20,8 +20,7 @@ import numpy as np
 from .cli_training import CommandFactory, int_list
 from .errors import InputError
 from .labels import DATASET_LABELS, DEFAULT_DATASET, Structure, structure
-from .segmentation_files import (OUTPUT_SUFFIXES, check_output_path, describe, read_labelmap,  # noqa: F401
-                                 read_segmentation, segmentation_metadata, write_labelmap)
+from .segmentation_files import OUTPUT_SUFFIXES, check_output_path, describe, read_segmentation, write_labelmap
 from .volume_io import Volume, read_dicom_series, read_volume
 
 DEMO_OUT = Path("sdfsmis-demo")
@@ -239,7 +238,7 @@ def _segment_epilog() -> str:
       --checkpoint sdfsmis.safetensors --base-model sd15/ --dino dinov2-small/ --device cuda --dtype float16 \\
       --out q-seg.nii.gz
   # after a first run, correct a few query slices and rerun: they are kept and become extra supports
-  sdfsmis segment --query patient2.nii.gz --support patient1.nii.gz --support-mask patient1-3slices.nrrd \
+  sdfsmis segment --query patient2.nii.gz --support patient1.nii.gz --support-mask patient1-3slices.nrrd \\
       --query-mask patient2-corrected-slices.seg.nrrd --range 12:40 --out patient2-v2.seg.nrrd
   # a DICOM series: write a DICOM-SEG referencing it (and a .seg.nrrd); --query-dicom is an alias of --query
   sdfsmis segment --query-dicom ct-series/ --support-mask ct-annotated.seg.nrrd --out-dicom-seg ct-seg.dcm \\
@@ -286,8 +285,8 @@ def register_inference_commands(command: CommandFactory) -> None:
     segment.add_argument("--out-dicom-seg", type=Path, help="with a DICOM query: also (or only) write a DICOM-SEG "
                          "referencing the query series (e.g. seg.dcm)")
     segment.add_argument("--fractional", action="store_true", help="with --out-dicom-seg: FRACTIONAL segments "
-                         "(0..255) instead of BINARY, holding the network's foreground probability around each organ (see "
-                         "PropagationResult.probabilities)")
+                         "(0..255) instead of BINARY, holding the network's foreground probability around "
+                         "each organ (see PropagationResult.probabilities)")
     segment.add_argument("--label-names", choices=sorted(DATASET_LABELS), default=DEFAULT_DATASET,
                          help="whose label numbering names the segments when the support mask does not (a "
                          ".seg.nrrd or a labelmap with its .labels.json/.ctbl does): chaos-t2 (1 liver, 2 right "

@@ -12,8 +12,9 @@ import torch
 from SDFSMISLib.base_model import load_base_model
 from SDFSMISLib.checkpoint import save_checkpoint
 from SDFSMISLib.cli import main
-from SDFSMISLib.cli_inference import protocol_support_mask, read_labelmap, segmentation_metadata
+from SDFSMISLib.cli_inference import protocol_support_mask
 from SDFSMISLib.phantom import CHAOS_DIRECTION, generate_phantom
+from SDFSMISLib.segmentation_files import read_labelmap, segmentation_metadata
 from SDFSMISLib.volume_io import Volume, read_volume, write_volume
 
 SIZE = 64
@@ -142,8 +143,9 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_exits_2_with_a_message_and_writes_nothing(case: str, files: dict[str, Path], model_args: list[str],
-                                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(case: str, files: dict[str, Path],
+                                                              model_args: list[str], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     make, message = BAD_INPUTS[case]
     case_files, case_model, extra, name = make(tmp_path, files, model_args)
     out_dir = tmp_path / "out"
