@@ -1,27 +1,41 @@
 """SDFSMIS: few-shot segmentation of a whole volume from a few annotated slices (SD-FSMIS).
 
-The module file stays thin: the library, and later the widget and logic, live in SDFSMISLib.
+The module file stays thin: module metadata here; the panel, logic and tests live in ``SDFSMISLib``
+(``slicer_widget``, ``slicer_logic``, ``slicer_test``). Nothing imported here needs PyTorch: it is installed on
+first use, through the PyTorch extension.
 """
 
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+
+from SDFSMISLib.slicer_test import SDFSMISTest  # noqa: F401 - Slicer looks the test class up by name here
+from SDFSMISLib.slicer_widget import SDFSMISWidget  # noqa: F401 - and the widget class
+
+CITATION = ("SD-FSMIS: Adapting Stable Diffusion for Few-Shot Medical Image Segmentation "
+            "(method and released code: github.com/LeeX-Bruce/SD-FSMIS).")
 
 
 class SDFSMIS(ScriptedLoadableModule):
     """Module metadata shown by 3D Slicer."""
 
-    def __init__(self, parent):
+    def __init__(self, parent) -> None:
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "SDFSMIS"
+        self.parent.title = "SD-FSMIS few-shot segmentation"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
         self.parent.contributors = ["SDFSMIS developers"]
         self.parent.helpText = (
-            "Propagates a segmentation from one annotated slice per sub-volume to a whole query volume "
-            "with SD-FSMIS, a one-step Stable Diffusion 1.5 model adapted to few-shot segmentation. "
-            "See README.md of the extension for the workflow and the weights it needs."
+            "Paint an organ on one slice near its top, middle and bottom in a support volume (another patient, "
+            "or the volume itself), pick the query volume and press Run: SD-FSMIS, a one-step Stable Diffusion "
+            "1.5 model adapted to few-shot segmentation, propagates the segments through the whole query. "
+            "Correct a slice of the result, add it as corrected and Run again to update its neighbourhood; "
+            "export as .seg.nrrd or DICOM-SEG. Without weights of your own the bundled demo model runs "
+            "(trained on synthetic phantoms only). See the extension's README, section 'Use in 3D Slicer'."
+            f"<br><br>If you use this module, please cite: {CITATION}"
         )
         self.parent.acknowledgementText = (
-            "Method: SD-FSMIS, few-shot medical image segmentation with Stable Diffusion "
-            "(paper and released code by LeeX-Bruce et al.). Stable Diffusion 1.5 and DINOv2 weights "
-            "are not shipped and keep their own licenses."
+            "Method: SD-FSMIS (Support-Query Interaction and Visual-to-Textual Condition Translator on Stable "
+            "Diffusion 1.5), by the authors of the paper above; this module re-implements it for 3D Slicer. "
+            "Stable Diffusion 1.5 (CreativeML Open RAIL-M) and DINOv2 (Apache-2.0) weights are not shipped and "
+            "keep their own licenses. Slicer integration patterns follow SlicerNNUnet, SlicerNNInteractive, "
+            "SlicerTotalSegmentator and SlicerMONAIAuto3DSeg."
         )

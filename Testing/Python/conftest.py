@@ -48,3 +48,13 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 #: The real CHAOS-T2 volumes, beside the project (never inside it: CC BY-NC-SA).
 CHAOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chaos-t2"
+
+
+@pytest.fixture
+def mrml_scene():  # noqa: ANN201 - slicer.vtkMRMLScene; slicer-core is only installed on Python 3.11
+    """A headless MRML scene from ``slicer-core`` (see slicer_scene.py); skips where slicer-core is absent."""
+    pytest.importorskip("slicer", reason="slicer-core (Slicer's Qt-free libraries) is not installed")
+    from slicer_scene import headless_scene
+
+    with headless_scene() as scene:
+        yield scene
