@@ -28,8 +28,11 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
+# A quick propagation benchmark (naive vs optimised, 6 query slices, about 5 minutes on 2 cores); the full one
+# (60 slices and every optimisation alone, about an hour) is `python benchmarks/propagate.py`, see the README.
 benchmark: $(BIN)/.installed
-	$(BIN)/python benchmarks/stages.py --json benchmarks/results/stages-cpu.json
+	$(BIN)/python benchmarks/propagate.py --slices 6 --ablation-slices 0 \
+		--json $(WORK)/propagate-quick.json --markdown $(WORK)/propagate-quick.md
 
 demo-model: $(BIN)/.installed
 	$(SDFSMIS) phantom --out $(WORK)/phantoms-mr --patients 12 --modality mr --seed 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -70,14 +71,36 @@ def _command_download_weights(args: argparse.Namespace) -> None:
 
 
 def _command_benchmark(args: argparse.Namespace) -> None:
-    from .profiling import benchmark_prediction
+    from .devices import resolve_device, resolve_dtype
+    from .inference_benchmark import write_report
 
-    result = benchmark_prediction(args.config, args.image_size, args.shots, args.device,
-                                  _torch_dtype(args.dtype), args.repeats)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    if args.mode == "stages":
+        from .profiling import benchmark_prediction
+
+        dtype = resolve_dtype(args.dtype, resolve_device(args.device))
+        result = benchmark_prediction(args.config, args.image_size, args.shots, args.device, dtype, args.repeats)
+    elif args.mode == "training-step":
+        from .profiling import training_step_memory
+
+        result = training_step_memory(args.config, args.image_size, args.device, args.mixed_precision,
+                                      not args.no_gradient_checkpointing, args.batch_size or 1)
+    else:
+        result = _benchmark_propagation(args)
+    result["command"] = shlex.join(["python", *sys.argv] if sys.argv[0].endswith(".py") else sys.argv)
+    if args.mode != "propagate":
+        print(json.dumps(result, indent=2))
+    write_report(result, args.json, args.markdown if args.mode == "propagate" else None)
+
+
+def _benchmark_propagation(args: argparse.Namespace) -> dict:
+    from .inference_benchmark import Switches, benchmark_propagation, markdown_table
+
+    optimised = Switches(batch_size=args.batch_size, channels_last=args.channels_last, dtype=args.dtype)
+    result = benchmark_propagation(args.config, args.slices, args.ablation_slices, args.shots, args.image_size,
+                                   args.device, optimised, measure_compile=args.compile,
+                                   report=lambda line: print(line, file=sys.stderr, flush=True))
+    print(markdown_table(result))
+    return result
 
 
 def add_command(commands: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], None],
@@ -93,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdfsmis", description="Few-shot medical image segmentation with SD-FSMIS.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  sdfsmis info --config sd15\n  sdfsmis benchmark --config sd15 --json stages.json\n"
+        epilog="examples:\n  sdfsmis info --config sd15\n  sdfsmis benchmark --config sd15 --json propagate.json\n"
                "  sdfsmis import-released run/checkpoint-15000 --base-model sd15/ --dino dinov2-base/ "
                "--out model.safetensors")
     parser.add_argument("--version", action="version", version=f"sdfsmis {__version__}")
@@ -129,15 +152,34 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dino", choices=("small", "base"), default="small")
 
     bench = command("benchmark", _command_benchmark,
-                    "time each stage of one support + one query prediction with random weights",
-                    "sdfsmis benchmark --config sd15 --device cpu --json stages.json")
+                    "propagation speed with random weights: the released code's naive path against the optimised "
+                    "one, each optimisation on its own (--mode stages: one prediction per stage; --mode "
+                    "training-step: memory of one training step)",
+                    "sdfsmis benchmark --config sd15 --device cpu --json propagate.json --markdown propagate.md")
+    bench.add_argument("--mode", choices=("propagate", "stages", "training-step"), default="propagate")
     bench.add_argument("--config", choices=("sd15", "tiny"), default="sd15")
     bench.add_argument("--image-size", type=int, default=256)
-    bench.add_argument("--shots", type=int, default=1)
-    bench.add_argument("--device", default="cpu")
-    bench.add_argument("--dtype", choices=_DTYPES, default="float32")
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    bench.add_argument("--dtype", choices=("auto", *_DTYPES), default="auto",
+                       help="precision of the optimised path (auto: float16 on a GPU, float32 on the CPU)")
     bench.add_argument("--json", type=Path, help="also write the result here")
+    propagation = bench.add_argument_group("propagate mode")
+    propagation.add_argument("--slices", type=int, default=60, help="query slices of the headline rows")
+    propagation.add_argument("--ablation-slices", type=int, default=8,
+                             help="query slices of the one-optimisation-at-a-time rows (0: none)")
+    propagation.add_argument("--shots", type=int, default=3, help="support slices (stages mode: shots)")
+    propagation.add_argument("--batch-size", type=int, help="query slices per network call (default: sized for "
+                             "the device; training-step mode: episodes per step, default 1)")
+    propagation.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                             help="NHWC memory format in the optimised path (default: the device's inference layout)")
+    propagation.add_argument("--compile", action="store_true",
+                             help="also measure torch.compile of the UNet and VAE, alone and on top of the "
+                             "optimised path (ablation rows; compiling takes minutes)")
+    propagation.add_argument("--markdown", type=Path, help="write the table here")
+    bench.add_argument("--repeats", type=int, default=3, help="stages mode: timed repetitions")
+    bench.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="bf16",
+                       help="training-step mode (as sdfsmis train)")
+    bench.add_argument("--no-gradient-checkpointing", action="store_true", help="training-step mode")
 
     register_training_commands(command)
     register_evaluation_commands(command)

@@ -18,6 +18,11 @@ The support tokens travel in a :class:`SupportContext` passed through the UNet's
 ``cross_attention_kwargs``. Nothing is stored on the modules, so no state can leak from one
 prediction to the next or between batch items, and gradient checkpointing (which replays
 blocks with the same kwargs) sees the same context on recomputation.
+
+Attention itself runs PyTorch's fused ``scaled_dot_product_attention`` (``sdpa``, the default)
+or the ``classic`` ``baddbmm`` + softmax + ``bmm`` of diffusers' ``AttnProcessor``, which the
+released code uses and which materialises every score matrix; :func:`set_attention_kernel`
+switches, so the speed benchmark can run the released computation on the same network.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +40,9 @@ from torch import nn
 
 #: Keyword under which the context travels in ``cross_attention_kwargs``.
 CONTEXT_KEY = "support"
+
+AttentionKernel = Literal["sdpa", "classic"]
+ATTENTION_KERNELS: tuple[AttentionKernel, ...] = ("sdpa", "classic")
 
 
 class SupportMode(Enum):
@@ -75,15 +84,30 @@ class SupportContext:
         return SupportContext(SupportMode.READ, self.shots, self.tokens, index)
 
 
-def _attend(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Multi-head scaled-dot-product attention with the layer's heads, then its output projection."""
+def _classic_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` on ``[B, heads, T, d]`` as diffusers' ``AttnProcessor`` computes it.
+
+    Heads are folded into the batch and the whole score matrix is materialised (``baddbmm``, softmax,
+    ``bmm``): the released code's kernel, kept so its cost can be measured against the fused one.
+    """
+    batch, heads, _tokens, head_dim = query.shape
+    q, k, v = (t.reshape(batch * heads, -1, head_dim) for t in (query, key, value))
+    scores = torch.baddbmm(q.new_empty(q.shape[0], q.shape[1], k.shape[1]), q, k.transpose(1, 2),
+                           beta=0, alpha=head_dim ** -0.5)
+    return torch.bmm(scores.softmax(dim=-1), v).view(batch, heads, -1, head_dim)
+
+
+def _attend(attn: Attention | SupportCrossAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+            kernel: AttentionKernel = "sdpa") -> torch.Tensor:
+    """Multi-head attention with the layer's heads, then its output projection."""
     batch = query.shape[0]
     head_dim = key.shape[-1] // attn.heads
 
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(split(query), split(key), split(value))
+    attention = F.scaled_dot_product_attention if kernel == "sdpa" else _classic_attention
+    out = attention(split(query), split(key), split(value))
     out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
     return attn.to_out[1](attn.to_out[0](out))
 
@@ -106,22 +130,25 @@ class SupportCrossAttention(nn.Module):
         nn.init.zeros_(self.to_out[0].bias)
         self.heads = self_attention.heads
 
-    def forward(self, hidden_states: torch.Tensor, support_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, support_tokens: torch.Tensor,
+                kernel: AttentionKernel = "sdpa") -> torch.Tensor:
         query = self.to_q(self.norm(hidden_states))
-        return _attend(self, query, self.to_k(support_tokens), self.to_v(support_tokens))
+        return _attend(self, query, self.to_k(support_tokens), self.to_v(support_tokens), kernel)
 
 
 class SupportInjectionProcessor:
     """Attention processor for every attention of the UNet.
 
     Self-attentions of transformer blocks (``inject=True``) record or read support tokens;
-    all other attentions compute ordinary attention and ignore the context.
+    all other attentions compute ordinary attention and ignore the context. ``kernel`` is the
+    attention implementation (see the module docstring).
     """
 
-    def __init__(self, layer: str, inject: bool, variant: str) -> None:
+    def __init__(self, layer: str, inject: bool, variant: str, kernel: AttentionKernel = "sdpa") -> None:
         self.layer = layer
         self.inject = inject
         self.variant = variant
+        self.kernel = kernel
 
     def __call__(
         self,
@@ -145,13 +172,13 @@ class SupportInjectionProcessor:
                 bank_key, bank_value = support.read(self.layer, hidden_states.shape[0])
                 key = torch.cat([key, bank_key.to(key.dtype)], dim=1)
                 value = torch.cat([value, bank_value.to(value.dtype)], dim=1)
-        out = _attend(attn, query, key, value)
+        out = _attend(attn, query, key, value, self.kernel)
         if injecting and self.variant == "cross-attn":
             if support.mode is SupportMode.RECORD:
                 support.record(self.layer, hidden_states)
             else:
                 (support_tokens,) = support.read(self.layer, hidden_states.shape[0])
-                out = out + attn.support_cross_attention(hidden_states + out, support_tokens.to(out.dtype))
+                out = out + attn.support_cross_attention(hidden_states + out, support_tokens.to(out.dtype), self.kernel)
         if attn.residual_connection:
             raise NotImplementedError("residual attention is not used by the SD-1.5 UNet")
         return out / attn.rescale_output_factor
@@ -181,3 +208,12 @@ def install_support_injection(unet: UNet2DConditionModel, variant: str) -> list[
         processors[f"{name}.processor"] = SupportInjectionProcessor(name, inject, variant)
     unet.set_attn_processor(processors)
     return injecting
+
+
+def set_attention_kernel(unet: UNet2DConditionModel, kernel: AttentionKernel) -> None:
+    """Make every SD-FSMIS attention processor of ``unet`` use ``kernel`` (``sdpa`` or ``classic``)."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; use one of {', '.join(ATTENTION_KERNELS)}")
+    for processor in unet.attn_processors.values():
+        if isinstance(processor, SupportInjectionProcessor):
+            processor.kernel = kernel

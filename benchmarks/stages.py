@@ -1,4 +1,4 @@
-"""Baseline per-stage timing of SD-FSMIS at full SD-1.5 scale with random weights.
+"""Per-stage timing of SD-FSMIS at full SD-1.5 scale with random weights.
 
 One support slice + one query slice at 256 x 256: VAE encode, DINOv2, UNet support pass,
 UNet query pass, VAE decode, and peak memory. Speed does not depend on the weights, so no
@@ -6,6 +6,8 @@ weight files are needed. Run on CPU, and on GPU when there is one:
 
     python benchmarks/stages.py --device cpu --json benchmarks/results/stages-cpu.json
     python benchmarks/stages.py --device cuda --dtype float16 --json benchmarks/results/stages-cuda.json
+
+benchmarks/propagate.py measures a whole query volume, naive against optimised.
 """
 
 from SDFSMISLib.cli import main
@@ -13,4 +15,4 @@ from SDFSMISLib.cli import main
 if __name__ == "__main__":
     import sys
 
-    raise SystemExit(main(["benchmark", "--config", "sd15", *sys.argv[1:]]))
+    raise SystemExit(main(["benchmark", "--mode", "stages", "--config", "sd15", "--shots", "1", *sys.argv[1:]]))
