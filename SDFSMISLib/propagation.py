@@ -50,7 +50,7 @@ from scipy import ndimage
 
 from .bundled import ModelFiles, bundled_model
 from .checkpoint import load_checkpoint
-from .devices import resolve_device, resolve_dtype
+from .devices import inference_memory_format, resolve_device, resolve_dtype
 from .errors import InputError
 from .grid_placement import place_on_grid
 from .network import SDFSMISNet
@@ -162,11 +162,12 @@ class PropagationResult:
 
 
 def load_model(files: ModelFiles | None = None, device: str = "auto", dtype: str = "auto") -> SDFSMISNet:
-    """The network on ``device`` in ``dtype`` (see :mod:`SDFSMISLib.devices`); the bundled model by default."""
+    """The network on ``device`` in ``dtype`` and the device's fastest layout (see :mod:`SDFSMISLib.devices`);
+    the bundled model by default."""
     files = files or bundled_model()
     target = resolve_device(device)
     model = load_checkpoint(files.checkpoint, files.base_model, files.dino, dtype=resolve_dtype(dtype, target))
-    return model.to(target).eval()
+    return model.to(target, memory_format=inference_memory_format(target)).eval()
 
 
 def propagate(model: SDFSMISNet, query: Volume, support_mask: Volume, support: Volume | None = None,
