@@ -76,9 +76,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def inference_memory_format(device: torch.device) -> torch.memory_format:
     """The weight layout prediction runs fastest in on ``device``: ``model.to(memory_format=...)`` once after loading.
 
-    channels_last (NHWC) on the CPU, where oneDNN convolutions then skip a layout reorder on every call: about
-    10 % less CPU time for a whole volume at full size (``benchmarks/results/propagate-cpu.md``). Elsewhere the
-    default layout, until measured there (``benchmarks/propagate.py --device cuda`` has the row). Not for training:
+    channels_last (NHWC) on the CPU, where oneDNN convolutions then skip a layout reorder on every call: in a
+    per-stage measurement at full size on 2 cores the VAE encoder and decoder ran 10-15 % faster and the UNet
+    about the same (the whole-volume row of ``benchmarks/results/propagate-cpu.md`` ran under other load and
+    is not conclusive). Elsewhere the default layout, until measured there (``benchmarks/propagate.py
+    --device cuda`` has the row). Not for training:
     a layout change under a running optimiser or DDP is not worth its risk.
     """
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
