@@ -23,6 +23,7 @@ so reacts to any numerical difference.
 
 **Measures.** Whole-volume seconds (support encoding included), seconds per query slice (the whole
 volume minus the support encoding, over ``N``), query slices per second (``N`` over the whole volume),
+the process's CPU seconds (which other load on a shared machine inflates much less than wall time),
 the per-stage split (:func:`SDFSMISLib.profiling.stage_timer`) and peak memory
 (:class:`SDFSMISLib.profiling.PeakMemory`). Each path first runs once on its first batch (warm-up, which
 includes compilation with ``compile``; its seconds are reported) and is then timed once.
@@ -380,8 +381,8 @@ def _cells(row: dict[str, Any], columns: int) -> list[str]:
     memory = row.get("cuda_max_allocated_gib", row["peak_rss_gib"])
     return [row["name"], str(row["slices"]), str(row["batch_size"]), row["dtype"],
             "yes" if row["channels_last"] else "no", str(row["threads"]),
-            f"{row['seconds_per_slice']:.3f}", f"{row['query_seconds_per_slice']:.3f}",
-            f"{row['slices_per_second']:.3f}",
+            f"{row['seconds_per_slice']:.3f}", f"{row['cpu_seconds'] / row['slices']:.3f}",
+            f"{row['query_seconds_per_slice']:.3f}", f"{row['slices_per_second']:.3f}",
             f"{row['speedup']:.2f}x", f"{row['seconds']:.1f}", f"{row['support_seconds']:.1f}",
             f"{row['warmup_seconds']:.1f}", f"{memory:.2f}", f"{row['dice_released_rule']:.4f}",
             f"{row['dice_median_cut']:.4f}", "yes" if row["masks_agree"] else "no",
@@ -391,9 +392,9 @@ def _cells(row: dict[str, Any], columns: int) -> list[str]:
 def markdown_table(result: dict[str, Any]) -> str:
     """The result as a Markdown table, one row per path, grouped by block."""
     memory = "CUDA max alloc GiB" if str(result["device"]).startswith("cuda") else "peak RSS GiB"
-    header = ["path", "N", "batch", "dtype", "NHWC", "threads", "s / slice", "query s / slice", "slices / s",
-              "speed-up", "volume s", "support s", "warm-up s", memory, "Dice (rule)", "Dice (median cut)",
-              "same masks", *(f"{stage} s / slice" for stage in STAGES)]
+    header = ["path", "N", "batch", "dtype", "NHWC", "threads", "s / slice", "CPU s / slice", "query s / slice",
+              "slices / s", "speed-up", "volume s", "support s", "warm-up s", memory, "Dice (rule)",
+              "Dice (median cut)", "same masks", *(f"{stage} s / slice" for stage in STAGES)]
     lines = []
     for block in dict.fromkeys(row["block"] for row in result["rows"]):
         lines += [f"**{block}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
