@@ -25,8 +25,12 @@ so reacts to any numerical difference.
 volume minus the support encoding, over ``N``), query slices per second (``N`` over the whole volume),
 the process's CPU seconds (which other load on a shared machine inflates much less than wall time),
 the per-stage split (:func:`SDFSMISLib.profiling.stage_timer`) and peak memory
-(:class:`SDFSMISLib.profiling.PeakMemory`). Each path first runs once on its first batch (warm-up, which
-includes compilation with ``compile``; its seconds are reported) and is then timed once.
+(:class:`SDFSMISLib.profiling.PeakMemory`). On the CPU also the FLOPs each path computes (PyTorch's
+``FlopCounterMode`` during the timed run; its per-operation cost is microseconds against operations of tens
+of milliseconds there, while on a GPU it would distort a 10 ms slice, so it is off there) and the device's
+matrix-multiply throughput per type (:func:`SDFSMISLib.profiling.matmul_gflops`): a path's GFLOP/s against
+that ceiling shows how much speed is left at the same arithmetic. Each path first runs once on its first
+batch (warm-up, which includes compilation with ``compile``; its seconds are reported) and is then timed once.
 
 **Precision only goes down.** Converting weights to a half type and back would round them, so the paths
 run float32 ones first and the network is converted once for the rest; every other switch (memory
@@ -38,13 +42,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from .config import preset
 from .devices import auto_batch_size, inference_memory_format, resolve_device, resolve_dtype
@@ -52,7 +57,7 @@ from .errors import InputError
 from .metrics import dice
 from .network import SDFSMISNet
 from .phantom import CHAOS_SPACING, LABEL_IDS, generate_phantom
-from .profiling import PeakMemory, environment, stage_timer, synchronize
+from .profiling import PeakMemory, environment, matmul_gflops, stage_timer, synchronize
 from .protocol import query_chunks, support_slice_indices
 from .slice_prediction import masks_by_chunk, predict_foreground_maps
 from .support_injection import AttentionKernel, set_attention_kernel
@@ -215,6 +220,7 @@ class PathRun:
     support_seconds: float
     stages: dict[str, float]
     memory: dict[str, float]
+    flops: float | None  # counted during the timed run (CPU, not compiled), else None
     foreground: np.ndarray = field(repr=False)
     masks: np.ndarray = field(repr=False)
     comparison: dict[str, float | bool] = field(default_factory=dict)  # with the naive path of its block
@@ -237,8 +243,19 @@ class PathRun:
                 "slices_per_second": round(self.slices_per_second, 4),
                 "support_seconds": round(self.support_seconds, 3), "warmup_seconds": round(self.warmup_seconds, 3),
                 "stage_seconds": {stage: round(value, 3) for stage, value in self.stages.items()},
+                "gflop_per_slice": None if self.flops is None else round(self.flops / self.slices / 1e9, 1),
+                "gflops_per_second": None if self.flops is None else round(self.flops / self.seconds / 1e9, 1),
                 **self.memory, **{key: value if isinstance(value, bool) else round(value, 5)
                                   for key, value in self.comparison.items()}}
+
+
+def flop_counter(device: torch.device, switches: Switches) -> AbstractContextManager[Any]:
+    """A FLOP counter for a timed run where counting costs nothing measurable: the CPU, eager mode.
+
+    On a GPU the Python dispatch of every operation would stall the queue, and a compiled graph is
+    opaque to the counter (its FLOPs are those of the eager path anyway).
+    """
+    return FlopCounterMode(display=False) if device.type == "cpu" and not switches.compile else nullcontext()
 
 
 def run_path(model: SDFSMISNet, workload: Workload, switches: Switches, block: str = "", name: str = "") -> PathRun:
@@ -249,7 +266,8 @@ def run_path(model: SDFSMISNet, workload: Workload, switches: Switches, block: s
         foreground_maps(model, workload.head(batch_size), switches.support_reuse, batch_size)
         synchronize(model.device)
         warmup_seconds = time.perf_counter() - warmup_start
-        with stage_timer(model) as times, PeakMemory(model.device) as memory:
+        counter = flop_counter(model.device, switches)
+        with stage_timer(model) as times, PeakMemory(model.device) as memory, counter:
             start, cpu_start = time.perf_counter(), time.process_time()
             foreground = foreground_maps(model, workload, switches.support_reuse, batch_size)
             synchronize(model.device)
@@ -261,6 +279,7 @@ def run_path(model: SDFSMISNet, workload: Workload, switches: Switches, block: s
                    cpu_seconds=cpu_seconds, warmup_seconds=warmup_seconds,
                    support_seconds=sum(times["support_encoding"]),
                    stages={stage: sum(times[stage]) for stage in STAGES}, memory=memory.summary(),
+                   flops=float(counter.get_total_flops()) if isinstance(counter, FlopCounterMode) else None,
                    foreground=foreground, masks=masks_by_chunk(foreground, workload.assignment))
 
 
@@ -344,6 +363,8 @@ def benchmark_propagation(config_name: str = "sd15", slices: int = 60, ablation_
     torch.manual_seed(seed)
     model = SDFSMISNet.from_config(preset(config_name, image_size=image_size)).to(target).eval()
     plans = plan_paths(optimised, target, slices, ablation_slices, image_size, measure_compile)
+    ceiling = {name: round(matmul_gflops(target, resolve_dtype(name, target)), 1)
+               for name in dict.fromkeys(("float32", HALF_TYPES[target.type]))}
     workloads = {count: phantom_workload(count, shots, image_size, seed) for count in {plan.slices for plan in plans}}
     runs: dict[tuple[str, str], PathRun | str] = {}
     for number, plan in enumerate(_precision_order(plans, target), start=1):
@@ -368,13 +389,22 @@ def benchmark_propagation(config_name: str = "sd15", slices: int = 60, ablation_
         rows.append(run.to_json())
     return {"mode": "propagate", "config": config_name, "image_size": image_size, "shots": shots,
             "device": str(target), "slices": slices, "ablation_slices": ablation_slices, "seed": seed,
-            "optimised": asdict(optimised), "agreement_dice": AGREEMENT_DICE,
+            "optimised": asdict(optimised), "agreement_dice": AGREEMENT_DICE, "matmul_gflops": ceiling,
             "optimised_masks_agree": all(row.get("masks_agree", False) for row in rows
                                          if row["name"] == "all optimisations"),
             "wall_seconds": round(time.perf_counter() - started, 1), **environment(target), "rows": rows}
 
 
-def _cells(row: dict[str, Any], columns: int) -> list[str]:
+def _throughput(row: dict[str, Any], ceiling: dict[str, float]) -> list[str]:
+    """GFLOP per slice, GFLOP/s and their share of the matrix-multiply ceiling of the row's type."""
+    if row.get("gflops_per_second") is None:
+        return ["–", "–", "–"]
+    peak = ceiling.get(row["dtype"])
+    share = f"{row['gflops_per_second'] / peak:.0%}" if peak else "–"
+    return [f"{row['gflop_per_slice']:.0f}", f"{row['gflops_per_second']:.0f}", share]
+
+
+def _cells(row: dict[str, Any], columns: int, ceiling: dict[str, float]) -> list[str]:
     if "error" in row:
         return [row["name"], str(row["slices"]), f"failed: {row['error']}"] + [""] * (columns - 3)
     stages = row["stage_seconds"]
@@ -386,7 +416,7 @@ def _cells(row: dict[str, Any], columns: int) -> list[str]:
             f"{row['speedup']:.2f}x", f"{row['seconds']:.1f}", f"{row['support_seconds']:.1f}",
             f"{row['warmup_seconds']:.1f}", f"{memory:.2f}", f"{row['dice_released_rule']:.4f}",
             f"{row['dice_median_cut']:.4f}", "yes" if row["masks_agree"] else "no",
-            *(f"{stages[stage] / row['slices']:.3f}" for stage in STAGES)]
+            *_throughput(row, ceiling), *(f"{stages[stage] / row['slices']:.3f}" for stage in STAGES)]
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -394,11 +424,13 @@ def markdown_table(result: dict[str, Any]) -> str:
     memory = "CUDA max alloc GiB" if str(result["device"]).startswith("cuda") else "peak RSS GiB"
     header = ["path", "N", "batch", "dtype", "NHWC", "threads", "s / slice", "CPU s / slice", "query s / slice",
               "slices / s", "speed-up", "volume s", "support s", "warm-up s", memory, "Dice (rule)",
-              "Dice (median cut)", "same masks", *(f"{stage} s / slice" for stage in STAGES)]
+              "Dice (median cut)", "same masks", "GFLOP / slice", "GFLOP/s", "of matmul peak",
+              *(f"{stage} s / slice" for stage in STAGES)]
+    ceiling = result.get("matmul_gflops", {})
     lines = []
     for block in dict.fromkeys(row["block"] for row in result["rows"]):
         lines += [f"**{block}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(_cells(row, len(header))).replace("\n", " ") + " |"
+        lines += ["| " + " | ".join(_cells(row, len(header), ceiling)).replace("\n", " ") + " |"
                   for row in result["rows"] if row["block"] == block]
         lines.append("")
     return "\n".join(lines)
@@ -413,5 +445,8 @@ def write_report(result: dict[str, Any], json_path: Path | None, markdown_path: 
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
         facts = ", ".join(f"{key} {result[key]}" for key in ("config", "device", "torch", "cpu", "threads", "gpu",
                                                                   "wall_seconds") if key in result)
+        if "matmul_gflops" in result:
+            facts += ", matmul GFLOP/s " + ", ".join(f"{name} {gflops}"
+                                                     for name, gflops in result["matmul_gflops"].items())
         command = f"`{result['command']}`\n\n" if "command" in result else ""
         markdown_path.write_text(f"{command}{facts}\n\n{markdown_table(result)}")

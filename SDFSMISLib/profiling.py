@@ -145,6 +145,24 @@ class PeakMemory:
         return result
 
 
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 3) -> float:
+    """The device's dense matrix-multiply throughput in GFLOP/s at ``dtype``: the ceiling for convolutions.
+
+    A square ``size`` product is as close to the hardware's peak as a library gets; a network whose FLOPs are
+    mostly convolutions cannot run faster than this at the same precision, so a path's GFLOP/s over this
+    number says how much speed is left to find without changing the arithmetic.
+    """
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    torch.matmul(a, b)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """What a timing depends on besides the code: library versions, processor, threads, GPU."""
     info = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),

@@ -20,7 +20,7 @@ from SDFSMISLib.inference_benchmark import (AGREEMENT_DICE, NAIVE, OPTIMISED, Pa
                                             benchmark_propagation, compare, foreground_maps, markdown_table,
                                             phantom_workload, plan_paths, run_path, write_report)
 from SDFSMISLib.network import SDFSMISNet
-from SDFSMISLib.profiling import stage_timer
+from SDFSMISLib.profiling import matmul_gflops, stage_timer
 from SDFSMISLib.slice_prediction import predict_foreground_maps
 from SDFSMISLib.support_injection import SupportInjectionProcessor
 
@@ -89,6 +89,24 @@ def test_optimised_path_gives_the_naive_masks_and_restores_the_network(model: SD
     assert processors and all(p.kernel == "sdpa" for p in processors)
 
 
+def test_flops_are_counted_on_the_cpu_and_support_reuse_saves_them(model: SDFSMISNet, workload: Workload,
+                                                                    naive: PathRun) -> None:
+    reused = run_path(model, workload, replace(NAIVE, support_reuse=True))
+    assert naive.flops is not None and reused.flops is not None
+    # the naive path encodes its support (two VAE encodes and a UNet pass) again for every slice
+    assert 1.05 < naive.flops / reused.flops < 3
+    batched = run_path(model, workload, replace(NAIVE, batch_size=SLICES))
+    assert batched.flops == pytest.approx(naive.flops, rel=1e-6)  # batching moves no arithmetic
+    row = naive.to_json()
+    assert row["gflop_per_slice"] == pytest.approx(naive.flops / SLICES / 1e9, abs=0.06)
+    assert run_path(model, workload.head(1), replace(NAIVE, compile=False)).flops < naive.flops
+
+
+def test_matmul_ceiling_is_a_throughput() -> None:
+    cpu = torch.device("cpu")
+    assert 0 < matmul_gflops(cpu, torch.float32, size=256, repeats=2) < 1e5
+
+
 def test_plan_has_one_row_per_switch_and_a_headline() -> None:
     cpu = torch.device("cpu")
     names = [plan.name for plan in plan_paths(OPTIMISED, cpu, slices=60, ablation_slices=8)
@@ -118,6 +136,11 @@ def test_report_has_every_row(naive: PathRun, tmp_path: Path) -> None:
                                "channels_last": False, "dtype": "float32", "compile": False, "threads": None}
     text = (tmp_path / "r.md").read_text()
     assert text.startswith("`sdfsmis benchmark`") and "| naive | 4 | 1 | float32 |" in text
+    assert "GFLOP/s" not in text.splitlines()[2]  # no ceiling measured: none claimed
+    result["matmul_gflops"] = {"float32": 1e-6}
+    header, _, naive_row = [line for line in markdown_table(result).splitlines() if line.startswith("|")][:3]
+    share = dict(zip(header.split(" | "), naive_row.split(" | ")))["of matmul peak"]
+    assert share.endswith("%") and int(share[:-1].replace(",", "")) > 100
     assert markdown_table(result).count("\n| naive ") == 1
 
 
