@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -161,20 +160,6 @@ def _demo_patients(folder: Path | None):  # noqa: ANN202 - tuple of Patient
     return patients[0], patients[1]
 
 
-def protocol_support_mask(truth: Volume, organs: Sequence[int], shots: int = DEMO_SHOTS) -> Volume:
-    """The support annotation the protocol gives: each organ's ground truth on its ``shots`` support slices."""
-    from .protocol import support_slice_indices
-    from .volume_io import slice_axis_nearest_si
-
-    axis = slice_axis_nearest_si(truth)
-    labels = np.moveaxis(np.rint(truth.array).astype(np.int32), axis, 0)
-    mask = np.zeros_like(labels)
-    for organ in organs:
-        for index in support_slice_indices(labels, organ, shots):
-            mask[index][labels[index] == organ] = organ
-    return truth.with_array(np.moveaxis(mask, 0, axis).astype(np.uint8))
-
-
 def _overlay(path: Path, result, truth_model: np.ndarray, organ: int) -> Path:  # noqa: ANN001
     """Middle support slice and middle query slice of ``organ`` (anterior up, patient right on the left)."""
     from .reporting import overlay_png
@@ -191,6 +176,7 @@ def _overlay(path: Path, result, truth_model: np.ndarray, organ: int) -> Path:  
 def _command_demo(args: argparse.Namespace) -> None:
     from .metrics import dice
     from .propagation import PropagationOptions
+    from .protocol import protocol_support_mask
 
     started = time.perf_counter()
     support_patient, query_patient = _demo_patients(args.phantoms)
@@ -201,7 +187,8 @@ def _command_demo(args: argparse.Namespace) -> None:
     print(f"support: patient {support_patient.id} with its ground truth on {DEMO_SHOTS} slices per organ; "
           f"query: patient {query_patient.id}")
     model = _load(args)
-    result = _run(model, query, protocol_support_mask(support_truth, organs), support, PropagationOptions())
+    result = _run(model, query, protocol_support_mask(support_truth, organs, DEMO_SHOTS), support,
+                  PropagationOptions())
     _report(result)
     truth = np.rint(query_truth.array).astype(np.int32)
     print("Dice against the phantom truth (whole volume, estimated query range):")

@@ -26,8 +26,9 @@ volume minus the support encoding, over ``N``), query slices per second (``N`` o
 the process's CPU seconds (which other load on a shared machine inflates much less than wall time),
 the per-stage split (:func:`SDFSMISLib.profiling.stage_timer`) and peak memory
 (:class:`SDFSMISLib.profiling.PeakMemory`). On the CPU also the FLOPs each path computes (PyTorch's
-``FlopCounterMode`` during the timed run; its per-operation cost is microseconds against operations of tens
-of milliseconds there, while on a GPU it would distort a 10 ms slice, so it is off there) and the device's
+``FlopCounterMode`` during the timed run, so the count is of exactly what was timed; its Python dispatch
+adds 3-10 % to a full-size VAE decode on the CPU, measured, and would distort a 10 ms GPU slice, so it is
+off there) and the device's
 matrix-multiply throughput per type (:func:`SDFSMISLib.profiling.matmul_gflops`): a path's GFLOP/s against
 that ceiling shows how much speed is left at the same arithmetic. Each path first runs once on its first
 batch (warm-up, which includes compilation with ``compile``; its seconds are reported) and is then timed once.
@@ -250,7 +251,7 @@ class PathRun:
 
 
 def flop_counter(device: torch.device, switches: Switches) -> AbstractContextManager[Any]:
-    """A FLOP counter for a timed run where counting costs nothing measurable: the CPU, eager mode.
+    """A FLOP counter for a timed run where counting costs little (a few per cent): the CPU, eager mode.
 
     On a GPU the Python dispatch of every operation would stall the queue, and a compiled graph is
     opaque to the counter (its FLOPs are those of the eager path anyway).

@@ -11,7 +11,6 @@ A half type becomes a device's default only where these masks agree (the issue's
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from .bundled import ModelFiles
-from .cli_inference import protocol_support_mask
 from .datasets import scan_folder
 from .errors import InputError
 from .inference_benchmark import AGREEMENT_DICE
 from .labels import structure
 from .metrics import dice
 from .propagation import PropagationOptions, load_model, propagate
+from .protocol import protocol_support_mask
 from .volume_io import read_volume
 
 
@@ -51,11 +50,9 @@ def precision_agreement(folder: Path, files: ModelFiles | None = None, half: str
         truth = np.rint(query_truth.array).astype(np.int32)
         organs = sorted(set(np.unique(np.rint(support_truth.array)).astype(int)) & set(np.unique(truth)) - {0})
         annotation = protocol_support_mask(support_truth, organs)
-        labelmaps, seconds = {}, {}
+        labelmaps = {}
         for dtype, model in models.items():
-            start = time.perf_counter()
             labelmaps[dtype] = propagate(model, query, annotation, support, PropagationOptions()).labelmap.array
-            seconds[dtype] = time.perf_counter() - start
         reference, rounded = labelmaps["float32"], labelmaps[half]
         for organ in organs:
             rows.append({"support": support_patient.id, "query": query_patient.id, "organ": structure(organ).name,
@@ -64,7 +61,6 @@ def precision_agreement(folder: Path, files: ModelFiles | None = None, half: str
                          f"dice_{half}_truth": dice(rounded == organ, truth == organ)})
             report(f"{support_patient.id} -> {query_patient.id} {structure(organ).name}: "
                    f"Dice between {rows[-1]['dice_between']:.4f}")
-        rows[-1]["seconds"] = seconds
     between = [row["dice_between"] for row in rows]
     return {"folder": str(folder), "half": half, "device": device, "agreement_dice": AGREEMENT_DICE,
             "min_dice_between": min(between), "mean_dice_between": float(np.mean(between)),

@@ -32,6 +32,7 @@ from typing import TypeVar
 import numpy as np
 
 from .errors import InputError
+from .volume_io import Volume, slice_axis_nearest_si
 
 T = TypeVar("T")
 
@@ -130,3 +131,14 @@ def test_support_and_queries(test_patients: Sequence[T], support_index: int = RP
 
 
 test_support_and_queries.__test__ = False  # a protocol function, not a pytest test
+
+
+def protocol_support_mask(truth: Volume, organs: Sequence[int], shots: int = 3) -> Volume:
+    """The support annotation the protocol gives: each organ's ground truth on its ``shots`` support slices."""
+    axis = slice_axis_nearest_si(truth)
+    labels = np.moveaxis(np.rint(truth.array).astype(np.int32), axis, 0)
+    mask = np.zeros_like(labels)
+    for organ in organs:
+        for index in support_slice_indices(labels, organ, shots):
+            mask[index][labels[index] == organ] = organ
+    return truth.with_array(np.moveaxis(mask, 0, axis).astype(np.uint8))

@@ -20,7 +20,8 @@ import slicer
 
 from . import mrml_bridge as bridge
 from .bundled import bundled_phantoms
-from .cli_inference import DEMO_SHOTS, protocol_support_mask
+from .cli_inference import DEMO_SHOTS
+from .protocol import protocol_support_mask
 from .labels import structure
 from .metrics import dice
 from .slicer_logic import QUERY_SLICES_ATTRIBUTE, OverwriteRequired, RunRequest, SDFSMISLogic

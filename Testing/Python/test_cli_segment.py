@@ -12,7 +12,7 @@ import torch
 from SDFSMISLib.base_model import load_base_model
 from SDFSMISLib.checkpoint import save_checkpoint
 from SDFSMISLib.cli import main
-from SDFSMISLib.cli_inference import protocol_support_mask
+from SDFSMISLib.protocol import protocol_support_mask
 from SDFSMISLib.phantom import CHAOS_DIRECTION, generate_phantom
 from SDFSMISLib.segmentation_files import read_labelmap, segmentation_metadata
 from SDFSMISLib.volume_io import Volume, read_volume, write_volume

@@ -26,7 +26,7 @@ from SDFSMISLib import __version__
 from SDFSMISLib.base_model import load_base_model
 from SDFSMISLib.checkpoint import save_checkpoint
 from SDFSMISLib.cli import main
-from SDFSMISLib.cli_inference import protocol_support_mask
+from SDFSMISLib.protocol import protocol_support_mask
 from SDFSMISLib.dicom_seg import file_sha256, write_dicom_seg
 from SDFSMISLib.dicom_series import DicomSeries, read_series
 from SDFSMISLib.dicom_writer import write_dicom_series
