@@ -50,7 +50,7 @@ from scipy import ndimage
 
 from .bundled import ModelFiles, bundled_model
 from .checkpoint import load_checkpoint
-from .devices import inference_memory_format, resolve_device, resolve_dtype
+from .devices import inference_memory_format, resolve_device, resolve_dtype, uses_winograd
 from .errors import InputError
 from .grid_placement import place_on_grid
 from .network import SDFSMISNet
@@ -60,6 +60,7 @@ from .protocol import nearest_support_assignment, relative_positions
 from .query_range import RangeRequest, estimate_query_slices, mask_widths_mm, support_extent, trim_collapsed_ends
 from .slice_prediction import ProgressCallback, encode_queries, masks_by_chunk, predict_foreground_maps
 from .volume_io import Volume, slice_axis_nearest_si
+from .winograd import set_winograd
 
 Placement = Literal["chunks", "extent"]
 
@@ -162,12 +163,14 @@ class PropagationResult:
 
 
 def load_model(files: ModelFiles | None = None, device: str = "auto", dtype: str = "auto") -> SDFSMISNet:
-    """The network on ``device`` in ``dtype`` and the device's fastest layout (see :mod:`SDFSMISLib.devices`);
-    the bundled model by default."""
+    """The network on ``device`` in ``dtype``, the device's fastest layout and convolution algorithm (see
+    :mod:`SDFSMISLib.devices`); the bundled model by default."""
     files = files or bundled_model()
     target = resolve_device(device)
     model = load_checkpoint(files.checkpoint, files.base_model, files.dino, dtype=resolve_dtype(dtype, target))
-    return model.to(target, memory_format=inference_memory_format(target)).eval()
+    model = model.to(target, memory_format=inference_memory_format(target)).eval()
+    set_winograd(model, uses_winograd(target, model.dtype))
+    return model
 
 
 def propagate(model: SDFSMISNet, query: Volume, support_mask: Volume, support: Volume | None = None,
