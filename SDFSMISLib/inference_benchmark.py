@@ -25,17 +25,15 @@ so reacts to any numerical difference.
 volume minus the support encoding, over ``N``), query slices per second (``N`` over the whole volume),
 the process's CPU seconds (which other load on a shared machine inflates much less than wall time),
 the per-stage split (:func:`SDFSMISLib.profiling.stage_timer`) and peak memory
-(:class:`SDFSMISLib.profiling.PeakMemory`). On the CPU also the FLOPs each path computes (PyTorch's
-``FlopCounterMode`` during the timed run, so the count is of exactly what was timed; its Python dispatch
-adds 3-10 % to a full-size VAE decode on the CPU, measured, and would distort a 10 ms GPU slice, so it is
-off there) and the device's
-matrix-multiply throughput per type (:func:`SDFSMISLib.profiling.matmul_gflops`): a path's GFLOP/s against
-that ceiling shows how much speed is left at the same arithmetic. Each path first runs once on its first
+(:class:`SDFSMISLib.profiling.PeakMemory`). On the CPU, for the ablation block, also the FLOPs each path
+computes (PyTorch's ``FlopCounterMode`` in an untimed second run of the same workload, see :func:`run_path`)
+and the device's matrix-multiply throughput per type (:func:`SDFSMISLib.profiling.matmul_gflops`): a path's
+GFLOP/s against that ceiling shows how much speed is left at the same arithmetic. Each path first runs once on its first
 batch (warm-up, which includes compilation with ``compile``; its seconds are reported) and is then timed once.
 
 **Precision only goes down.** Converting weights to a half type and back would round them, so the paths
 run float32 ones first and the network is converted once for the rest; every other switch (memory
-format, attention kernel, threads, compilation) is undone after its path.
+format, attention kernel, convolution algorithm, threads, compilation) is undone after its path.
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import preset
-from .devices import auto_batch_size, inference_memory_format, resolve_device, resolve_dtype
+from .devices import auto_batch_size, inference_memory_format, resolve_device, resolve_dtype, uses_winograd
 from .errors import InputError
 from .metrics import dice
 from .network import SDFSMISNet
@@ -62,6 +60,7 @@ from .profiling import PeakMemory, environment, matmul_gflops, stage_timer, sync
 from .protocol import query_chunks, support_slice_indices
 from .slice_prediction import masks_by_chunk, predict_foreground_maps
 from .support_injection import AttentionKernel, set_attention_kernel
+from .winograd import set_winograd
 
 #: Masks of two paths "agree" from this Dice on (the issue's acceptance level).
 AGREEMENT_DICE = 0.999
@@ -86,6 +85,8 @@ class Switches:
         channels_last: NHWC memory format for every convolution's weights and activations; ``None`` uses the
             device's inference layout (:func:`SDFSMISLib.devices.inference_memory_format`).
         dtype: the network's floating type (:data:`SDFSMISLib.devices.DTYPES`).
+        winograd: 3x3 convolutions by Winograd F(4x4, 3x3) (:mod:`SDFSMISLib.winograd`); ``None`` uses the
+            device's choice (:func:`SDFSMISLib.devices.uses_winograd`).
         compile: ``torch.compile`` the UNet and both halves of the VAE.
         threads: CPU threads; ``None`` keeps PyTorch's default (one per core).
     """
@@ -95,11 +96,13 @@ class Switches:
     attention: AttentionKernel = "sdpa"
     channels_last: bool | None = None
     dtype: str = "auto"
+    winograd: bool | None = None
     compile: bool = False
     threads: int | None = None
 
 
-NAIVE = Switches(support_reuse=False, batch_size=1, attention="classic", channels_last=False, dtype="float32")
+NAIVE = Switches(support_reuse=False, batch_size=1, attention="classic", channels_last=False, dtype="float32",
+                 winograd=False)
 OPTIMISED = Switches()
 
 
@@ -173,6 +176,13 @@ def uses_channels_last(switches: Switches, device: torch.device) -> bool:
     return switches.channels_last
 
 
+def uses_winograd_switch(switches: Switches, model: SDFSMISNet) -> bool:
+    """Whether a path with ``switches`` computes its convolutions with Winograd (in ``model``'s dtype)."""
+    if switches.winograd is None:
+        return uses_winograd(model.device, resolve_dtype(switches.dtype, model.device))
+    return switches.winograd
+
+
 @contextmanager
 def switched(model: SDFSMISNet, switches: Switches) -> Iterator[None]:
     """``model`` set up for ``switches`` while the context is open (see "Precision only goes down").
@@ -190,6 +200,7 @@ def switched(model: SDFSMISNet, switches: Switches) -> Iterator[None]:
         if uses_channels_last(switches, model.device):
             model.to(memory_format=torch.channels_last)
         set_attention_kernel(model.unet, switches.attention)
+        set_winograd(model, uses_winograd_switch(switches, model))
         if switches.threads is not None:
             torch.set_num_threads(switches.threads)
         if switches.compile:
@@ -200,6 +211,7 @@ def switched(model: SDFSMISNet, switches: Switches) -> Iterator[None]:
             del module.forward
         torch.set_num_threads(threads)
         set_attention_kernel(model.unet, OPTIMISED.attention)
+        set_winograd(model, False)
         model.to(memory_format=torch.contiguous_format)
 
 
@@ -214,6 +226,7 @@ class PathRun:
     batch_size: int
     dtype: str
     channels_last: bool
+    winograd: bool
     threads: int
     seconds: float
     cpu_seconds: float  # CPU time of this process over the timed run: less sensitive to other load than wall time
@@ -221,7 +234,7 @@ class PathRun:
     support_seconds: float
     stages: dict[str, float]
     memory: dict[str, float]
-    flops: float | None  # counted during the timed run (CPU, not compiled), else None
+    flops: float | None  # counted in a pass of its own (see run_path), else None
     foreground: np.ndarray = field(repr=False)
     masks: np.ndarray = field(repr=False)
     comparison: dict[str, float | bool] = field(default_factory=dict)  # with the naive path of its block
@@ -237,7 +250,7 @@ class PathRun:
     def to_json(self) -> dict[str, Any]:
         return {"block": self.block, "name": self.name, "slices": self.slices, "switches": asdict(self.switches),
                 "batch_size": self.batch_size, "dtype": self.dtype, "channels_last": self.channels_last,
-                "threads": self.threads,
+                "winograd": self.winograd, "threads": self.threads,
                 "seconds": round(self.seconds, 3), "cpu_seconds": round(self.cpu_seconds, 3),
                 "seconds_per_slice": round(self.seconds / self.slices, 4),
                 "query_seconds_per_slice": round(self.query_seconds_per_slice, 4),
@@ -250,37 +263,45 @@ class PathRun:
                                   for key, value in self.comparison.items()}}
 
 
-def flop_counter(device: torch.device, switches: Switches) -> AbstractContextManager[Any]:
-    """A FLOP counter for a timed run where counting costs little (a few per cent): the CPU, eager mode.
+def counts_flops(device: torch.device, switches: Switches) -> bool:
+    """Whether a path's FLOPs are counted: on the CPU in eager mode (a compiled graph is opaque to the
+    counter, and its FLOPs are those of the eager path anyway; on a GPU nobody waits for a CPU-side count)."""
+    return device.type == "cpu" and not switches.compile
 
-    On a GPU the Python dispatch of every operation would stall the queue, and a compiled graph is
-    opaque to the counter (its FLOPs are those of the eager path anyway).
+
+def run_path(model: SDFSMISNet, workload: Workload, switches: Switches, block: str = "", name: str = "",
+             count_flops: bool = True) -> PathRun:
+    """Warm up, then time ``switches`` on ``workload`` once; masks by the released rule.
+
+    With ``count_flops`` (and :func:`counts_flops`) the workload then runs once more, untimed, under
+    PyTorch's ``FlopCounterMode``: its per-operation Python dispatch would slow the timed run, by 3-10 % for
+    oneDNN's convolutions and by 40-60 % for the many small products of Winograd's (both measured).
     """
-    return FlopCounterMode(display=False) if device.type == "cpu" and not switches.compile else nullcontext()
-
-
-def run_path(model: SDFSMISNet, workload: Workload, switches: Switches, block: str = "", name: str = "") -> PathRun:
-    """Warm up, then time ``switches`` on ``workload`` once; masks by the released rule."""
     with switched(model, switches):
         batch_size = switches.batch_size or auto_batch_size(model.device, model.config.image_size, model.dtype)
         warmup_start = time.perf_counter()
         foreground_maps(model, workload.head(batch_size), switches.support_reuse, batch_size)
         synchronize(model.device)
         warmup_seconds = time.perf_counter() - warmup_start
-        counter = flop_counter(model.device, switches)
-        with stage_timer(model) as times, PeakMemory(model.device) as memory, counter:
+        with stage_timer(model) as times, PeakMemory(model.device) as memory:
             start, cpu_start = time.perf_counter(), time.process_time()
             foreground = foreground_maps(model, workload, switches.support_reuse, batch_size)
             synchronize(model.device)
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         threads = torch.get_num_threads()
+        flops = None
+        if count_flops and counts_flops(model.device, switches):
+            with FlopCounterMode(display=False) as counter:
+                foreground_maps(model, workload, switches.support_reuse, batch_size)
+            flops = float(counter.get_total_flops())
     return PathRun(block=block, name=name, switches=switches, slices=len(workload.query), batch_size=batch_size,
                    dtype=str(model.dtype).removeprefix("torch."),
-                   channels_last=uses_channels_last(switches, model.device), threads=threads, seconds=seconds,
+                   channels_last=uses_channels_last(switches, model.device),
+                   winograd=uses_winograd_switch(switches, model), threads=threads, seconds=seconds,
                    cpu_seconds=cpu_seconds, warmup_seconds=warmup_seconds,
                    support_seconds=sum(times["support_encoding"]),
                    stages={stage: sum(times[stage]) for stage in STAGES}, memory=memory.summary(),
-                   flops=float(counter.get_total_flops()) if isinstance(counter, FlopCounterMode) else None,
+                   flops=flops,
                    foreground=foreground, masks=masks_by_chunk(foreground, workload.assignment))
 
 
@@ -320,6 +341,7 @@ def plan_paths(optimised: Switches, device: torch.device, slices: int, ablation_
                (f"batching ({batch})", {"batch_size": batch}),
                ("SDPA attention", {"attention": "sdpa"}),
                ("channels_last", {"channels_last": True}),
+               *([("Winograd convolutions", {"winograd": True})] if uses_winograd(device, torch.float32) else []),
                (half, {"dtype": half})]
     finals = [("all optimisations", optimised)]
     if optimised_dtype == torch.float32:
@@ -372,7 +394,8 @@ def benchmark_propagation(config_name: str = "sd15", slices: int = 60, ablation_
         progress = f"[{number}/{len(plans)}] {plan.block}: {plan.name}, {plan.slices} slices"
         report(f"{progress} ...")
         try:
-            run = run_path(model, workloads[plan.slices], plan.switches, plan.block, plan.name)
+            run = run_path(model, workloads[plan.slices], plan.switches, plan.block, plan.name,
+                           count_flops=plan.block == "ablation")
         except Exception as error:  # noqa: BLE001 - one failing path must not lose an hour of others
             runs[plan.block, plan.name] = f"{type(error).__name__}: {error}"
             report(f"{progress}: failed: {runs[plan.block, plan.name]}")
@@ -411,7 +434,7 @@ def _cells(row: dict[str, Any], columns: int, ceiling: dict[str, float]) -> list
     stages = row["stage_seconds"]
     memory = row.get("cuda_max_allocated_gib", row["peak_rss_gib"])
     return [row["name"], str(row["slices"]), str(row["batch_size"]), row["dtype"],
-            "yes" if row["channels_last"] else "no", str(row["threads"]),
+            "yes" if row["channels_last"] else "no", "yes" if row.get("winograd") else "no", str(row["threads"]),
             f"{row['seconds_per_slice']:.3f}", f"{row['cpu_seconds'] / row['slices']:.3f}",
             f"{row['query_seconds_per_slice']:.3f}", f"{row['slices_per_second']:.3f}",
             f"{row['speedup']:.2f}x", f"{row['seconds']:.1f}", f"{row['support_seconds']:.1f}",
@@ -423,8 +446,8 @@ def _cells(row: dict[str, Any], columns: int, ceiling: dict[str, float]) -> list
 def markdown_table(result: dict[str, Any]) -> str:
     """The result as a Markdown table, one row per path, grouped by block."""
     memory = "CUDA max alloc GiB" if str(result["device"]).startswith("cuda") else "peak RSS GiB"
-    header = ["path", "N", "batch", "dtype", "NHWC", "threads", "s / slice", "CPU s / slice", "query s / slice",
-              "slices / s", "speed-up", "volume s", "support s", "warm-up s", memory, "Dice (rule)",
+    header = ["path", "N", "batch", "dtype", "NHWC", "Winograd", "threads", "s / slice", "CPU s / slice",
+              "query s / slice", "slices / s", "speed-up", "volume s", "support s", "warm-up s", memory, "Dice (rule)",
               "Dice (median cut)", "same masks", "GFLOP / slice", "GFLOP/s", "of matmul peak",
               *(f"{stage} s / slice" for stage in STAGES)]
     ceiling = result.get("matmul_gflops", {})

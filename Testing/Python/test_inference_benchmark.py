@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from SDFSMISLib import inference_benchmark
+from SDFSMISLib import inference_benchmark, winograd
 from SDFSMISLib.cli import main as cli_main
 from SDFSMISLib.config import preset
 from SDFSMISLib.inference_benchmark import (AGREEMENT_DICE, NAIVE, OPTIMISED, PathRun, Workload,
-                                            benchmark_propagation, compare, foreground_maps, markdown_table,
-                                            phantom_workload, plan_paths, run_path, write_report)
+                                            benchmark_propagation, compare, counts_flops, foreground_maps,
+                                            markdown_table, phantom_workload, plan_paths, run_path, write_report)
 from SDFSMISLib.network import SDFSMISNet
 from SDFSMISLib.profiling import matmul_gflops, stage_timer
 from SDFSMISLib.slice_prediction import predict_foreground_maps
 from SDFSMISLib.support_injection import SupportInjectionProcessor
+from SDFSMISLib.winograd import winograd_enabled
 
 from conftest import IMAGE_SIZE
 
@@ -102,6 +103,23 @@ def test_flops_are_counted_on_the_cpu_and_support_reuse_saves_them(model: SDFSMI
     assert run_path(model, workload.head(1), replace(NAIVE, compile=False)).flops < naive.flops
 
 
+def test_winograd_path_agrees_with_the_naive_one(model: SDFSMISNet, workload: Workload, naive: PathRun,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 16)  # the tiny network's widths and sizes
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 64)
+    run = run_path(model, workload, replace(NAIVE, winograd=True))
+    comparison = compare(run, naive)
+    assert run.winograd and 0 < comparison["max_abs_difference"] < 1e-3 and comparison["masks_agree"]
+    assert run.flops < naive.flops  # 36 products per 4x4 tile instead of 144
+    assert not winograd_enabled(model)  # switched off after its path
+
+
+def test_flops_are_counted_only_where_asked(model: SDFSMISNet, workload: Workload) -> None:
+    assert run_path(model, workload.head(1), NAIVE, count_flops=False).flops is None
+    assert counts_flops(torch.device("cpu"), NAIVE)
+    assert not counts_flops(torch.device("cpu"), replace(NAIVE, compile=True))  # a graph is opaque to the counter
+
+
 def test_matmul_ceiling_is_a_throughput() -> None:
     cpu = torch.device("cpu")
     assert 0 < matmul_gflops(cpu, torch.float32, size=256, repeats=2) < 1e5
@@ -113,7 +131,7 @@ def test_plan_has_one_row_per_switch_and_a_headline() -> None:
              if plan.block == "ablation"]
     assert names[0] == "naive" and names[-2:] == ["all optimisations", "all optimisations + bfloat16"]
     assert {"naive + support reuse", "naive + SDPA attention", "naive + channels_last",
-            "naive + bfloat16"} <= set(names)
+            "naive + Winograd convolutions", "naive + bfloat16"} <= set(names)
     assert [plan.name for plan in plan_paths(OPTIMISED, cpu, 60, 8) if plan.block == "headline"] == \
         ["naive", "all optimisations", "all optimisations + bfloat16"]
     half = replace(OPTIMISED, dtype="bfloat16")
@@ -133,7 +151,8 @@ def test_report_has_every_row(naive: PathRun, tmp_path: Path) -> None:
     assert row["speedup"] == 1 and row["dice_median_cut"] == 1 and row["masks_agree"] is True
     assert row["slices"] == SLICES
     assert row["switches"] == {"support_reuse": False, "batch_size": 1, "attention": "classic",
-                               "channels_last": False, "dtype": "float32", "compile": False, "threads": None}
+                               "channels_last": False, "dtype": "float32", "winograd": False, "compile": False,
+                               "threads": None}
     text = (tmp_path / "r.md").read_text()
     assert text.startswith("`sdfsmis benchmark`") and "| naive | 4 | 1 | float32 |" in text
     assert "GFLOP/s" not in text.splitlines()[2]  # no ceiling measured: none claimed
@@ -166,10 +185,10 @@ def test_cli_stage_and_training_step_modes(tmp_path: Path) -> None:
 
 
 def test_a_failing_path_becomes_a_row_and_the_rest_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    def run_unless_half(model, workload, switches, block, name):  # noqa: ANN001, ANN202
+    def run_unless_half(model, workload, switches, block, name, count_flops):  # noqa: ANN001, ANN202
         if switches.dtype == "bfloat16":
             raise RuntimeError("no bfloat16 kernels here")
-        return run_path(model, workload, switches, block, name)
+        return run_path(model, workload, switches, block, name, count_flops)
 
     monkeypatch.setattr(inference_benchmark, "run_path", run_unless_half)
     result = benchmark_propagation("tiny", slices=2, ablation_slices=0, image_size=IMAGE_SIZE)
