@@ -13,6 +13,7 @@ files (:mod:`SDFSMISLib.inference_benchmark` builds the propagation benchmark on
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import threading
@@ -24,6 +25,7 @@ from typing import Any, Callable, Iterator
 import psutil
 import torch
 
+from . import HUGE_PAGES_VARIABLE
 from .config import preset
 from .network import SDFSMISNet
 from .slice_prediction import predict_foreground_maps
@@ -166,7 +168,8 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 4096, re
 def environment(device: torch.device) -> dict[str, Any]:
     """What a timing depends on besides the code: library versions, processor, threads, GPU."""
     info = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "cores": psutil.cpu_count(logical=False)}
+            "threads": torch.get_num_threads(), "cores": psutil.cpu_count(logical=False),
+            "huge_pages_requested": os.environ.get(HUGE_PAGES_VARIABLE, "0") not in ("", "0")}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
