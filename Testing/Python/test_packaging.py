@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,3 +28,13 @@ def test_package_import_does_not_load_torch() -> None:
     code = "import sys, SDFSMISLib; print('torch' in sys.modules, SDFSMISLib.__version__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split()[0] == "False"
+
+
+def test_package_import_requests_huge_pages_only_as_a_default() -> None:
+    code = "import os, SDFSMISLib; print(os.environ[SDFSMISLib.HUGE_PAGES_VARIABLE])"
+    environment = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
+    requested = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               env=environment).stdout
+    refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**environment, "THP_MEM_ALLOC_ENABLE": "0"}).stdout
+    assert (requested.strip(), refused.strip()) == ("1", "0")
