@@ -167,10 +167,12 @@ def load_checkpoint(path: Path | str, base_model: Path | str, dino: Path | str,
     path = Path(path)
     metadata = read_checkpoint_metadata(path)
     config = _resolve_config(SDFSMISConfig.from_dict(metadata["config"]), options, path)
-    model = assemble_network(config, read_tensors(path), base_model, dino, path, dtype)
+    # Assembled in float32 and cast after the check: the fingerprint is of the float32 base weights, which a
+    # half-precision copy no longer reproduces (every float16/bfloat16 load would warn).
+    model = assemble_network(config, read_tensors(path), base_model, dino, path)
     stored = metadata["base_model"].get("fingerprint")
     if stored and stored != base_fingerprint(model.vae, model.dino):
         warnings.warn(f"{path} was trained on other VAE/DINOv2 weights than {base_model} and {dino} "
                       f"(recorded source: {metadata['base_model'].get('source')}); results may degrade. "
                       "Use the base model files it was trained with", stacklevel=2)
-    return model
+    return model.to(dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,13 @@ def test_checkpoint_dtype_is_selectable(base_model: SDFSMISNet, tmp_path: Path,
     assert all(t.dtype == torch.float16 for t in load_file(path).values())
     loaded = load_checkpoint(path, *tiny_base)
     torch.testing.assert_close(loaded.query_stem.weight, base_model.query_stem.weight.half().float())
+
+
+def test_half_precision_load_of_the_right_base_does_not_warn(saved: Path, tiny_base: tuple[Path, Path]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the base-model mismatch warning would fail this
+        loaded = load_checkpoint(saved, *tiny_base, dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16 and loaded.vae.dtype == torch.bfloat16
 
 
 def test_truncated_checkpoint_is_named(saved: Path, tmp_path: Path, tiny_base: tuple[Path, Path]) -> None:
