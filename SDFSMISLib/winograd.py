@@ -96,8 +96,8 @@ def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
                     chunk_bytes: int | None = None) -> torch.Tensor:
     """``F.conv2d(x, w, bias, padding=1)`` for a 3x3 ``w`` given as ``transform_weight(w)``.
 
-    ``x`` is ``[B, C_in, H, W]`` in any layout; the result is ``[B, C_out, H, W]`` in channels_last, the
-    layout the product writes naturally (and the CPU inference layout), or contiguous when ``x`` is.
+    ``x`` is ``[B, C_in, H, W]`` in any layout; the result is ``[B, C_out, H, W]``, channels_last when ``x``
+    is (the CPU inference layout, which the product writes naturally), contiguous otherwise.
     """
     batch, c_in, height, width = x.shape
     c_out = weight.shape[2]
@@ -144,7 +144,8 @@ def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 def is_eligible(conv: nn.Conv2d) -> bool:
     """Whether ``conv`` is a 3x3 convolution Winograd F(4x4, 3x3) computes (see "Where" above)."""
-    return (conv.kernel_size == (KERNEL, KERNEL) and conv.stride == (1, 1) and conv.padding == (1, 1)
+    return (type(conv).forward is nn.Conv2d.forward  # a subclass's own forward (LoRA, say) must still run
+            and conv.kernel_size == (KERNEL, KERNEL) and conv.stride == (1, 1) and conv.padding == (1, 1)
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
             and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS)
 
@@ -154,26 +155,37 @@ class WinogradForward:
     """A convolution's ``forward`` while Winograd is on: Winograd where it applies, the module's own otherwise.
 
     Set as an instance attribute (``conv.forward``), so deleting it restores the class's ``forward``. The
-    transformed weight is cached with the weight's identity and version, so any change to the weight
-    (an optimiser step, ``load_state_dict``, ``.to()``) makes it recompute.
+    transformed weight is cached with the weight tensor it came from, kept alive so that its memory cannot
+    be reused, and that tensor's version: replacing the weight (``.to()``, ``load_state_dict`` with
+    ``assign``) or changing it in place through autograd-visible operations (an optimiser step,
+    ``load_state_dict``) makes it recompute. Edits through ``weight.data`` bypass PyTorch's version counter
+    and are not seen: switch Winograd off and on after them. Copies and pickles drop the cache.
     """
 
     conv: nn.Conv2d
-    _cache_key: tuple[int, int, torch.dtype, torch.device] | None = None
+    _source: torch.Tensor | None = None  # the weight the cache was computed from
+    _source_version: int | None = None
     _transformed: torch.Tensor | None = None
 
     def applies(self, x: torch.Tensor) -> bool:
         weight = self.conv.weight
+        wants_gradients = torch.is_grad_enabled() and (
+            x.requires_grad or any(parameter.requires_grad for parameter in self.conv.parameters()))
         return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 4
-                and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-                and x.shape[2] * x.shape[3] >= MIN_PIXELS)
+                and not wants_gradients and x.shape[2] * x.shape[3] >= MIN_PIXELS)
 
     def transformed_weight(self) -> torch.Tensor:
         weight = self.conv.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        if key != self._cache_key:
-            self._transformed, self._cache_key = transform_weight(weight), key
-        return self._transformed
+        version = None if weight.is_inference() else weight._version  # inference tensors have no version
+        transformed = self._transformed
+        if (transformed is None or self._source is None or weight.data_ptr() != self._source.data_ptr()
+                or version != self._source_version):
+            transformed = transform_weight(weight)
+            self._source, self._source_version, self._transformed = weight.detach(), version, transformed
+        return transformed
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"conv": self.conv}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.applies(x):

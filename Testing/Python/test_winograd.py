@@ -57,6 +57,12 @@ def test_only_same_size_dense_3x3_convolutions_are_eligible() -> None:
     assert not is_eligible(nn.Conv2d(3, wide, 3, padding=1))  # too few channels to pay for the transforms
     assert not is_eligible(nn.Conv2d(wide, wide // 2, 3, padding=1))
 
+    class Doubled(nn.Conv2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    assert not is_eligible(Doubled(wide, wide, 3, padding=1))  # its own forward must run
+
 
 @pytest.fixture
 def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,6 +106,9 @@ def test_falls_back_where_it_does_not_apply() -> None:
         assert not forward.applies(torch.randn(1, 8, 8, 8, dtype=torch.float64))
         assert not forward.applies(torch.randn(1, 8, 8, 8).bfloat16())
     assert not forward.applies(torch.randn(1, 8, 8, 8))  # gradients wanted for the weights: training
+    conv.weight.requires_grad_(False)
+    assert not forward.applies(torch.randn(1, 8, 8, 8))  # a trainable bias alone still wants its gradient
+    conv.weight.requires_grad_(True)
     x = torch.randn(1, 8, 8, 8, requires_grad=True)
     conv(x).sum().backward()  # training runs the module's own convolution and its gradient
     assert conv.weight.grad is not None and x.grad is not None
@@ -111,20 +120,32 @@ def test_transformed_weights_follow_weight_changes() -> None:
     conv = nn.Conv2d(8, 8, 3, padding=1).eval()
     set_winograd(conv, True)
     x = torch.randn(1, 8, 8, 8)
-    with torch.no_grad():
-        conv(x)
-        first = conv.__dict__["forward"]._transformed
-        conv.load_state_dict({"weight": torch.randn(8, 8, 3, 3), "bias": torch.zeros(8)})
-        result = conv(x)
-    assert conv.__dict__["forward"]._transformed is not first
-    assert relative_error(result, F.conv2d(x.double(), conv.weight.double(), padding=1)) < RELATIVE_ERROR
+
+    def matches_the_weights() -> bool:
+        with torch.no_grad():
+            result = conv(x)
+        return relative_error(result, F.conv2d(x.double(), conv.weight.double(), conv.bias.double(),
+                                               padding=1)) < RELATIVE_ERROR
+
+    assert matches_the_weights()
+    conv.load_state_dict({"weight": torch.randn(8, 8, 3, 3), "bias": torch.zeros(8)})  # in place
+    assert matches_the_weights()
+    conv.half().float()  # new tensors, possibly at the old address: rounded weights must be seen
+    assert matches_the_weights()
+    with torch.inference_mode():  # parameters made here are inference tensors, without a version
+        made_in_inference = nn.Conv2d(8, 8, 3, padding=1)
+        set_winograd(made_in_inference, True)
+        made_in_inference(x)
 
 
 @pytest.mark.usefixtures("small_thresholds")
-def test_a_copy_of_a_switched_network_has_its_own_switch() -> None:
+def test_a_copy_of_a_switched_network_has_its_own_switch_and_no_cache() -> None:
     block = resnet_block()
     set_winograd(block, True)
+    with torch.no_grad():
+        block(torch.randn(1, 16, 8, 8), None)
     twin = copy.deepcopy(block)
     assert twin.conv1.__dict__["forward"].conv is twin.conv1
+    assert twin.conv1.__dict__["forward"]._transformed is None
     set_winograd(twin, False)
     assert winograd_enabled(block) and not winograd_enabled(twin)
