@@ -177,7 +177,13 @@ def uses_channels_last(switches: Switches, device: torch.device) -> bool:
 
 
 def uses_winograd_switch(switches: Switches, model: SDFSMISNet) -> bool:
-    """Whether a path with ``switches`` computes its convolutions with Winograd (in ``model``'s dtype)."""
+    """Whether a path with ``switches`` computes its convolutions with Winograd (in ``model``'s dtype).
+
+    Never under ``torch.compile``: the weight cache's identity checks would break the graph at every
+    convolution, and a compiled graph fuses the convolutions its own way.
+    """
+    if switches.compile:
+        return False
     if switches.winograd is None:
         return uses_winograd(model.device, resolve_dtype(switches.dtype, model.device))
     return switches.winograd

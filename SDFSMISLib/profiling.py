@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import psutil
 import torch
 
-from . import HUGE_PAGES_VARIABLE
+from . import HUGE_PAGES_VARIABLE, TORCH_LOADED_FIRST
 from .config import preset
 from .network import SDFSMISNet
 from .slice_prediction import predict_foreground_maps
@@ -169,7 +169,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     """What a timing depends on besides the code: library versions, processor, threads, GPU."""
     info = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "cores": psutil.cpu_count(logical=False),
-            "huge_pages_requested": os.environ.get(HUGE_PAGES_VARIABLE, "0") not in ("", "0")}
+            "huge_pages_requested": os.environ.get(HUGE_PAGES_VARIABLE, "0") not in ("", "0"),
+            "torch_loaded_before_sdfsmislib": TORCH_LOADED_FIRST}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
