@@ -93,9 +93,8 @@ def uses_winograd(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether prediction computes its 3x3 convolutions with Winograd F(4x4, 3x3) (:mod:`SDFSMISLib.winograd`).
 
     Only float32 on the CPU: there the convolutions run near the processor's matrix-multiply speed already
-    and only fewer multiplications make them faster (the VAE and the UNet's 32 x 32 level 1.2-1.4x, masks
-    unchanged). GPUs run their own Winograd or implicit-GEMM kernels, and half types would lose the digits
-    the transforms need.
+    and only fewer multiplications make them faster (figures in that module; masks unchanged). GPUs run
+    their own Winograd or implicit-GEMM kernels, and half types would lose the digits the transforms need.
     """
     return device.type == "cpu" and dtype == torch.float32
 

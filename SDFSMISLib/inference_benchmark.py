@@ -56,7 +56,7 @@ from .errors import InputError
 from .metrics import dice
 from .network import SDFSMISNet
 from .phantom import CHAOS_SPACING, LABEL_IDS, generate_phantom
-from .profiling import PeakMemory, environment, matmul_gflops, stage_timer, synchronize
+from .profiling import PeakMemory, environment, matmul_gflops, silent, stage_timer, synchronize
 from .protocol import query_chunks, support_slice_indices
 from .slice_prediction import masks_by_chunk, predict_foreground_maps
 from .support_injection import AttentionKernel, set_attention_kernel
@@ -373,13 +373,9 @@ def _precision_order(plans: list[PlannedPath], device: torch.device) -> list[Pla
     return sorted(plans, key=lambda plan: resolve_dtype(plan.switches.dtype, device) != torch.float32)
 
 
-def _silent(_line: str) -> None:
-    """The default progress report: none."""
-
-
 def benchmark_propagation(config_name: str = "sd15", slices: int = 60, ablation_slices: int = 8, shots: int = 3,
                           image_size: int = 256, device: str = "cpu", optimised: Switches = OPTIMISED, seed: int = 0,
-                          measure_compile: bool = False, report: Callable[[str], None] = _silent) -> dict[str, Any]:
+                          measure_compile: bool = False, report: Callable[[str], None] = silent) -> dict[str, Any]:
     """Run every planned path (:func:`plan_paths`) on one random-weight network; a JSON-ready result.
 
     ``report`` receives a line as each path starts and ends (progress of a run that takes an hour). A path that

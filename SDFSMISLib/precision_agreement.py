@@ -23,17 +23,14 @@ from .errors import InputError
 from .inference_benchmark import AGREEMENT_DICE
 from .labels import structure
 from .metrics import dice
+from .profiling import silent
 from .propagation import PropagationOptions, load_model, propagate
 from .protocol import protocol_support_mask
 from .volume_io import read_volume
 
 
-def _silent(_line: str) -> None:
-    """The default progress report: none."""
-
-
 def precision_agreement(folder: Path, files: ModelFiles | None = None, half: str = "bfloat16", device: str = "cpu",
-                        pairs: int | None = None, report: Callable[[str], None] = _silent) -> dict[str, Any]:
+                        pairs: int | None = None, report: Callable[[str], None] = silent) -> dict[str, Any]:
     """Propagate every ordered patient pair of ``folder`` at float32 and at ``half``; a JSON-ready result.
 
     ``pairs`` keeps only the first pairs (a quick check). Organs are those both patients of a pair have.
@@ -50,9 +47,8 @@ def precision_agreement(folder: Path, files: ModelFiles | None = None, half: str
         truth = np.rint(query_truth.array).astype(np.int32)
         organs = sorted(set(np.unique(np.rint(support_truth.array)).astype(int)) & set(np.unique(truth)) - {0})
         annotation = protocol_support_mask(support_truth, organs)
-        labelmaps = {}
-        for dtype, model in models.items():
-            labelmaps[dtype] = propagate(model, query, annotation, support, PropagationOptions()).labelmap.array
+        labelmaps = {dtype: propagate(model, query, annotation, support, PropagationOptions()).labelmap.array
+                     for dtype, model in models.items()}
         reference, rounded = labelmaps["float32"], labelmaps[half]
         for organ in organs:
             rows.append({"support": support_patient.id, "query": query_patient.id, "organ": structure(organ).name,

@@ -147,6 +147,10 @@ class PeakMemory:
         return result
 
 
+def silent(_line: str) -> None:
+    """The default progress report of the benchmarks: none."""
+
+
 def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 3) -> float:
     """The device's dense matrix-multiply throughput in GFLOP/s at ``dtype``: the ceiling for convolutions.
 

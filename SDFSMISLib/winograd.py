@@ -193,6 +193,11 @@ class WinogradForward:
         return winograd_conv2d(x, self.transformed_weight(), self.conv.bias)
 
 
+def _installed(module: nn.Module) -> bool:
+    """Whether ``module``'s forward is a :class:`WinogradForward` (set on the instance by :func:`set_winograd`)."""
+    return isinstance(module.__dict__.get("forward"), WinogradForward)
+
+
 def set_winograd(module: nn.Module, enabled: bool) -> int:
     """Switch Winograd on or off for every eligible convolution in ``module``; how many are eligible.
 
@@ -200,7 +205,7 @@ def set_winograd(module: nn.Module, enabled: bool) -> int:
     """
     convolutions = [conv for conv in module.modules() if isinstance(conv, nn.Conv2d) and is_eligible(conv)]
     for conv in convolutions:
-        installed = isinstance(conv.__dict__.get("forward"), WinogradForward)
+        installed = _installed(conv)
         if enabled and not installed:
             conv.forward = WinogradForward(conv)
         elif not enabled and installed:
@@ -210,4 +215,4 @@ def set_winograd(module: nn.Module, enabled: bool) -> int:
 
 def winograd_enabled(module: nn.Module) -> bool:
     """Whether any convolution of ``module`` runs Winograd (where it applies)."""
-    return any(isinstance(conv.__dict__.get("forward"), WinogradForward) for conv in module.modules())
+    return any(_installed(conv) for conv in module.modules())
