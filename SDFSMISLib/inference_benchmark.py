@@ -215,6 +215,8 @@ def switched(model: SDFSMISNet, switches: Switches) -> Iterator[None]:
     finally:
         for module in compiled:
             del module.forward
+        if compiled:  # a compiled graph assumes its weights' strides: it must not meet the next path's layout
+            torch._dynamo.reset()
         torch.set_num_threads(threads)
         set_attention_kernel(model.unet, OPTIMISED.attention)
         set_winograd(model, False)
@@ -275,9 +277,20 @@ def counts_flops(device: torch.device, switches: Switches) -> bool:
     return device.type == "cpu" and not switches.compile
 
 
+def warmup_counts(slices: int, batch_size: int) -> list[int]:
+    """Query slice counts whose prediction meets every batch shape of a ``slices``-slice run once.
+
+    A shape's first call pays one-off costs (on a GPU: the convolution library's algorithm choice and loading
+    its kernels, about half a second in all for the remainder batch of a 100-slice run on an H100), which
+    a radiologist pays once per session, not once per volume, so they stay out of the timed run.
+    """
+    return sorted({min(slices, batch_size), slices % batch_size} - {0}, reverse=True)
+
+
 def run_path(model: SDFSMISNet, workload: Workload, switches: Switches, block: str = "", name: str = "",
              count_flops: bool = True) -> PathRun:
-    """Warm up, then time ``switches`` on ``workload`` once; masks by the released rule.
+    """Warm up on every batch shape (:func:`warmup_counts`), then time ``switches`` on ``workload`` once; masks
+    by the released rule.
 
     With ``count_flops`` (and :func:`counts_flops`) the workload then runs once more, untimed, under
     PyTorch's ``FlopCounterMode``: its per-operation Python dispatch would slow the timed run, by 3-10 % for
@@ -286,7 +299,8 @@ def run_path(model: SDFSMISNet, workload: Workload, switches: Switches, block: s
     with switched(model, switches):
         batch_size = switches.batch_size or auto_batch_size(model.device, model.config.image_size, model.dtype)
         warmup_start = time.perf_counter()
-        foreground_maps(model, workload.head(batch_size), switches.support_reuse, batch_size)
+        for count in warmup_counts(len(workload.query), batch_size):
+            foreground_maps(model, workload.head(count), switches.support_reuse, batch_size)
         synchronize(model.device)
         warmup_seconds = time.perf_counter() - warmup_start
         with stage_timer(model) as times, PeakMemory(model.device) as memory:
@@ -336,12 +350,14 @@ def plan_paths(optimised: Switches, device: torch.device, slices: int, ablation_
     (naive, all).
 
     The ablation block runs at ``ablation_slices`` (none when 0), the headline at ``slices``; when both counts
-    are equal the ablation block is the headline. A float32 optimised path is followed by its half-precision
-    variant, which shows what rounding buys and costs. ``measure_compile`` adds ``torch.compile`` alone and on
-    top of all the rest, to the ablation block only (compiling takes minutes).
+    are equal the ablation block is the headline. The optimised path is followed by its variant in the other
+    precision (half after float32, float32 after half), which separates what rounding buys and costs from
+    what the other switches do. ``measure_compile`` adds ``torch.compile`` alone and on top of all the rest,
+    to the ablation block only (compiling takes minutes).
     """
     optimised_dtype = resolve_dtype(optimised.dtype, device)
-    half = optimised.dtype if optimised_dtype != torch.float32 else HALF_TYPES[device.type]
+    half = (str(optimised_dtype).removeprefix("torch.") if optimised_dtype != torch.float32
+            else HALF_TYPES[device.type])
     batch = optimised.batch_size or auto_batch_size(device, image_size, optimised_dtype)
     changes = [("support reuse", {"support_reuse": True}),
                (f"batching ({batch})", {"batch_size": batch}),
@@ -352,6 +368,8 @@ def plan_paths(optimised: Switches, device: torch.device, slices: int, ablation_
     finals = [("all optimisations", optimised)]
     if optimised_dtype == torch.float32:
         finals.append((f"all optimisations + {half}", replace(optimised, dtype=half)))
+    else:
+        finals.append(("all optimisations in float32", replace(optimised, dtype="float32")))
     ablation = [("naive", NAIVE), *((f"naive + {label}", replace(NAIVE, **change)) for label, change in changes)]
     if device.type == "cpu" and torch.get_num_threads() > 1:
         ablation.append(("naive, 1 thread", replace(NAIVE, threads=1)))

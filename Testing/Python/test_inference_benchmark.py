@@ -18,7 +18,8 @@ from SDFSMISLib.cli import main as cli_main
 from SDFSMISLib.config import preset
 from SDFSMISLib.inference_benchmark import (AGREEMENT_DICE, NAIVE, OPTIMISED, PathRun, Workload,
                                             benchmark_propagation, compare, counts_flops, foreground_maps,
-                                            markdown_table, phantom_workload, plan_paths, run_path, write_report)
+                                            markdown_table, phantom_workload, plan_paths, run_path, warmup_counts,
+                                            write_report)
 from SDFSMISLib.network import SDFSMISNet
 from SDFSMISLib.profiling import matmul_gflops, stage_timer
 from SDFSMISLib.slice_prediction import predict_foreground_maps
@@ -135,12 +136,23 @@ def test_plan_has_one_row_per_switch_and_a_headline() -> None:
     assert [plan.name for plan in plan_paths(OPTIMISED, cpu, 60, 8) if plan.block == "headline"] == \
         ["naive", "all optimisations", "all optimisations + bfloat16"]
     half = replace(OPTIMISED, dtype="bfloat16")
-    assert [plan.name for plan in plan_paths(half, cpu, 60, 0)] == ["naive", "all optimisations"]
+    assert [plan.name for plan in plan_paths(half, cpu, 60, 0)] == ["naive", "all optimisations",
+                                                                   "all optimisations in float32"]
+    # on a GPU "auto" is float16: its rows are named after the type, and float32 follows as the variant
+    gpu = [plan.name for plan in plan_paths(replace(OPTIMISED, batch_size=16), torch.device("cuda"), 8, 8)]
+    assert "naive + float16" in gpu and gpu[-2:] == ["all optimisations", "all optimisations in float32"]
     assert {plan.block for plan in plan_paths(OPTIMISED, cpu, 8, 8)} == {"ablation"}
     assert {plan.block for plan in plan_paths(OPTIMISED, cpu, 8, 0)} == {"headline"}
     compiled = [plan for plan in plan_paths(OPTIMISED, cpu, 60, 8, measure_compile=True) if plan.switches.compile]
     assert [(plan.block, plan.name) for plan in compiled] == [("ablation", "naive + torch.compile"),
                                                               ("ablation", "all optimisations + torch.compile")]
+
+
+def test_warm_up_meets_every_batch_shape() -> None:
+    assert warmup_counts(100, 32) == [32, 4]  # three full batches and a remainder of 4
+    assert warmup_counts(60, 4) == [4]
+    assert warmup_counts(3, 32) == [3]
+    assert warmup_counts(60, 1) == [1]
 
 
 def test_report_has_every_row(naive: PathRun, tmp_path: Path) -> None:
