@@ -228,7 +228,7 @@ def training_step_memory(config_name: str = "sd15", image_size: int = 256, devic
     during the first. The question it answers: does one step of the full model fit a 16 GB GPU?
     """
     from .devices import resolve_device
-    from .training import TrainingOptions, parameter_groups
+    from .training import TrainingOptions, build_optimizer
 
     if mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed precision must be 'no', 'fp16' or 'bf16', got {mixed_precision!r}")
@@ -239,7 +239,7 @@ def training_step_memory(config_name: str = "sd15", image_size: int = 256, devic
         network.unet.enable_gradient_checkpointing()
     network.train()
     options = TrainingOptions(batch_size=batch_size)
-    optimizer = torch.optim.AdamW(parameter_groups(network, options), weight_decay=options.weight_decay)
+    optimizer = build_optimizer(network, options, target)
     images = torch.rand(2, batch_size, image_size, image_size, device=target) * 2 - 1
     masks = torch.zeros(images.shape, dtype=torch.bool, device=target)
     masks[..., image_size // 4: 3 * image_size // 4, image_size // 4: 3 * image_size // 4] = True

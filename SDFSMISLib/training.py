@@ -102,6 +102,19 @@ def parameter_groups(network: SDFSMISNet, options: TrainingOptions) -> list[dict
             {"params": list(trainable["condition_mlp"].parameters()), "lr": options.mlp_lr}]
 
 
+def build_optimizer(network: SDFSMISNet, options: TrainingOptions, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups`, fused into one kernel per step on CUDA.
+
+    PyTorch's default (``foreach``) AdamW builds temporaries the size of all trainable parameters during
+    the update; the fused kernel needs none. Measured for one training step of the full model (bf16,
+    gradient checkpointing, batch 1, H100, ``benchmarks/training_memory.py``): CUDA peak 16.67 GiB with
+    ``foreach``, 13.54 GiB fused, the difference being the 0.86 B UNet parameters in float32 once more; fused
+    also took 0.73 s per step instead of 4.8-5.3 s. Elsewhere PyTorch's default stays.
+    """
+    return torch.optim.AdamW(parameter_groups(network, options), weight_decay=options.weight_decay,
+                             fused=device.type == "cuda" or None)
+
+
 class CsvLog:
     """Append-only CSV of the logged scalars; continues the same file on resume."""
 
@@ -165,7 +178,7 @@ def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: T
         network.unet.enable_gradient_checkpointing()
     network.train()
     objective = EpisodeLoss(network)
-    optimizer = torch.optim.AdamW(parameter_groups(network, options), weight_decay=options.weight_decay)
+    optimizer = build_optimizer(network, options, accelerator.device)
     # Accelerate steps a prepared scheduler once per process at every optimiser step.
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0,
                               num_training_steps=options.steps * accelerator.num_processes)

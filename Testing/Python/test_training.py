@@ -13,7 +13,7 @@ from SDFSMISLib.config import preset
 from SDFSMISLib.episodes import EpisodeDataset, EpisodeOptions, TrainingVolume
 from SDFSMISLib.errors import InputError
 from SDFSMISLib.network import SDFSMISNet
-from SDFSMISLib.training import LOG_FILE, TrainingOptions, train
+from SDFSMISLib.training import LOG_FILE, TrainingOptions, build_optimizer, train
 
 SIZE = 64
 
@@ -80,6 +80,25 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
     log = np.loadtxt(tmp_path / "resumed" / LOG_FILE, delimiter=",", skiprows=1, usecols=0)
     assert log.tolist() == [1, 2, 3, 4]
+
+
+def test_fused_adamw_takes_the_same_step_as_the_default() -> None:
+    """The fused AdamW chosen on CUDA (less memory) is the released recipe: one step lands where the default's does.
+
+    Both run on the CPU here (PyTorch has a fused CPU kernel too); only the device argument differs.
+    """
+    results = []
+    for device in ("cpu", "cuda"):
+        model = network()
+        optimizer = build_optimizer(model, options(1), torch.device(device))
+        assert bool(optimizer.defaults["fused"]) == (device == "cuda")
+        for parameter in (p for group in optimizer.param_groups for p in group["params"]):
+            parameter.grad = torch.ones_like(parameter)
+        optimizer.step()
+        results.append(trained_state(model))
+    default, fused = results
+    assert all(torch.allclose(default[name], fused[name], atol=1e-6) for name in default)
+    assert any(not torch.equal(default[name], trained_state(network())[name]) for name in default)  # it moved
 
 
 def test_refuses_to_overwrite_a_run_and_to_train_past_its_episodes(tmp_path: Path) -> None:
