@@ -38,14 +38,44 @@ INFERENCE_OPTIONS = ("timestep", "query_enhancement", "vtct", "qe_threshold", "q
                      "dino_mask_alignment")
 
 
+def _float32_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.detach().float().cpu().contiguous().numpy().tobytes()
+
+
 def base_fingerprint(vae: AutoencoderKL, dino: Dinov2Model) -> str:
-    """SHA-256 of the frozen VAE and DINOv2 weights (float32), identifying the base model."""
+    """SHA-256 identifying the frozen VAE and DINOv2 by their weights' values (float32) alone.
+
+    Each tensor is hashed with its shape and the sorted digests are hashed together, so parameter names and
+    their order do not matter: transformers renamed DINOv2's attention weights between 5.17 and 5.23
+    (``attention.attention.query`` became ``attention.q_proj``), and the fingerprint of names and values
+    written before (:func:`named_base_fingerprint`) made every checkpoint warn of a foreign base model under
+    the other version, the same weights notwithstanding.
+    """
+    digests = sorted(hashlib.sha256(str(tuple(tensor.shape)).encode() + _float32_bytes(tensor)).hexdigest()
+                     for module in (vae, dino) for tensor in module.state_dict().values())
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def named_base_fingerprint(vae: AutoencoderKL, dino: Dinov2Model) -> str:
+    """The fingerprint older checkpoints recorded (key ``fingerprint``): SHA-256 of names and values in order.
+
+    Still checked for those checkpoints, though it depends on the installed transformers' parameter names.
+    """
     digest = hashlib.sha256()
     for module in (vae, dino):
         for name, tensor in module.state_dict().items():
             digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            digest.update(_float32_bytes(tensor))
     return digest.hexdigest()
+
+
+def base_matches(recorded: dict[str, Any], vae: AutoencoderKL, dino: Dinov2Model) -> bool:
+    """Whether ``vae`` and ``dino`` are the base a checkpoint recorded (``True`` when it recorded none)."""
+    if "weights_fingerprint" in recorded:
+        return recorded["weights_fingerprint"] == base_fingerprint(vae, dino)
+    if recorded.get("fingerprint"):
+        return recorded["fingerprint"] == named_base_fingerprint(vae, dino)
+    return True
 
 
 def save_checkpoint(model: SDFSMISNet, path: Path | str, dtype: torch.dtype | None = None,
@@ -71,7 +101,8 @@ def save_checkpoint(model: SDFSMISNet, path: Path | str, dtype: torch.dtype | No
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "config": model.config.to_json(),
-        "base_model": json.dumps({"fingerprint": base_fingerprint(model.vae, model.dino), "source": base_source}),
+        "base_model": json.dumps({"weights_fingerprint": base_fingerprint(model.vae, model.dino),
+                                  "source": base_source}),
         "training": json.dumps(training or {}),
         "package_version": __version__,
     }
@@ -170,8 +201,7 @@ def load_checkpoint(path: Path | str, base_model: Path | str, dino: Path | str,
     # Assembled in float32 and cast after the check: the fingerprint is of the float32 base weights, which a
     # half-precision copy no longer reproduces (every float16/bfloat16 load would warn).
     model = assemble_network(config, read_tensors(path), base_model, dino, path)
-    stored = metadata["base_model"].get("fingerprint")
-    if stored and stored != base_fingerprint(model.vae, model.dino):
+    if not base_matches(metadata["base_model"], model.vae, model.dino):
         warnings.warn(f"{path} was trained on other VAE/DINOv2 weights than {base_model} and {dino} "
                       f"(recorded source: {metadata['base_model'].get('source')}); results may degrade. "
                       "Use the base model files it was trained with", stacklevel=2)

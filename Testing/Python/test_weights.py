@@ -79,7 +79,7 @@ def test_checkpoint_stores_only_trainable_parts_and_metadata(saved: Path) -> Non
     metadata = checkpoint_module.read_checkpoint_metadata(saved)
     assert metadata["training"] == {"steps": 3}
     assert metadata["config"]["injection"] == "kv-bank"
-    assert len(metadata["base_model"]["fingerprint"]) == 64
+    assert len(metadata["base_model"]["weights_fingerprint"]) == 64
 
 
 def test_checkpoint_dtype_is_selectable(base_model: SDFSMISNet, tmp_path: Path,
@@ -161,6 +161,39 @@ def test_other_base_weights_warn(saved: Path, tmp_path: Path, tiny_base: tuple[P
     other.vae.save_pretrained(tmp_path / "sd" / "vae")
     with pytest.warns(UserWarning, match="other VAE/DINOv2 weights"):
         load_checkpoint(saved, tmp_path / "sd", tiny_base[1])
+
+
+def test_base_fingerprint_ignores_parameter_names() -> None:
+    """transformers renamed DINOv2's attention weights between versions: the same weights must match."""
+    torch.manual_seed(0)
+    old_names, vae = torch.nn.Module(), torch.nn.Conv2d(2, 2, 3)
+    old_names.query = torch.nn.Linear(4, 4)
+    new_names = torch.nn.Module()
+    new_names.q_proj = torch.nn.Linear(4, 4)
+    new_names.q_proj.load_state_dict(old_names.query.state_dict())
+    fingerprint = checkpoint_module.base_fingerprint(vae, old_names)
+    assert fingerprint == checkpoint_module.base_fingerprint(vae, new_names)
+    assert checkpoint_module.named_base_fingerprint(vae, old_names) != \
+        checkpoint_module.named_base_fingerprint(vae, new_names)  # what older checkpoints recorded
+    with torch.no_grad():
+        new_names.q_proj.bias[0] += 1e-3
+    assert checkpoint_module.base_fingerprint(vae, new_names) != fingerprint
+
+
+def test_older_checkpoint_fingerprint_is_still_checked(saved: Path, base_model: SDFSMISNet, tmp_path: Path,
+                                                       tiny_base: tuple[Path, Path]) -> None:
+    from safetensors import safe_open
+
+    with safe_open(saved, framework="pt") as handle:
+        metadata = handle.metadata()
+    named = checkpoint_module.named_base_fingerprint(base_model.vae, base_model.dino)
+    for fingerprint, warns in ((named, False), ("0" * 64, True)):
+        older = tmp_path / f"older-{warns}.safetensors"
+        save_file(load_file(saved), older, metadata=metadata | {"base_model": json.dumps({"fingerprint": fingerprint})})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_checkpoint(older, *tiny_base)
+        assert any("other VAE/DINOv2 weights" in str(w.message) for w in caught) == warns
 
 
 def test_sd2_folder_is_named(tmp_path: Path, tiny_base: tuple[Path, Path]) -> None:
