@@ -178,9 +178,9 @@ def _evaluate(args: argparse.Namespace, plans: list[FoldPlan], methods: list[str
     """Every method on every fold, organ and query patient; the model is reloaded only when the file changes."""
     from tqdm.auto import tqdm
 
-    from .checkpoint import load_checkpoint
-    from .devices import resolve_device
+    from .bundled import ModelFiles
     from .evaluation import dataset_organs, evaluate_fold, patient_data
+    from .propagation import load_model
 
     run, model, loaded = Run(), None, None
     total = sum(len(plan.queries) for plan in plans) * len(methods) * len(organ_names)
@@ -192,7 +192,9 @@ def _evaluate(args: argparse.Namespace, plans: list[FoldPlan], methods: list[str
                 table = dataset_organs(args.dataset, support.labels)
                 run.organs = {name: table[name] for name in organ_names}
             if MODEL_METHODS & set(methods) and plan.checkpoint != loaded:
-                model = load_checkpoint(plan.checkpoint, base_model, dino).to(resolve_device(args.device)).eval()
+                # float32 on every device, as the paper evaluates; the device's fast layout and convolutions
+                # (Winograd on the CPU) come with load_model and leave the masks unchanged.
+                model = load_model(ModelFiles(plan.checkpoint, base_model, dino), args.device, "float32")
                 loaded = plan.checkpoint
 
             def on_case(method: str, name: str, query: PatientData, case: OrganCase) -> None:

@@ -10,13 +10,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SDFSMISLib import checkpoint as checkpoint_module
+from SDFSMISLib import propagation
 from SDFSMISLib.base_model import load_base_model
 from SDFSMISLib.baselines import copy_nearest_support, dino_features, prototype_matcher, vae_features
+from SDFSMISLib.bundled import ModelFiles
 from SDFSMISLib.checkpoint import save_checkpoint
 from SDFSMISLib.cli import main
 from SDFSMISLib.evaluation import dataset_organs
 from SDFSMISLib.labels import organ_ids
+from SDFSMISLib.network import SDFSMISNet
 from SDFSMISLib.phantom import generate_phantom
 from SDFSMISLib.volume_io import write_volume
 
@@ -122,12 +124,17 @@ def test_checkpoint_with_fold_loads_one_model_per_fold(phantoms: Path, model_fil
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     pattern, base, dino, *paths = model_files
     loaded = []
-    real_load = checkpoint_module.load_checkpoint
-    monkeypatch.setattr(checkpoint_module, "load_checkpoint",
-                        lambda path, *rest, **options: loaded.append(str(path)) or real_load(path, *rest, **options))
+    real_load = propagation.load_model
+
+    def load_model(files: ModelFiles, device: str, dtype: str) -> SDFSMISNet:
+        loaded.append((str(files.checkpoint), dtype))
+        return real_load(files, device, dtype)
+
+    # through load_model: the device's inference layout and convolutions, in float32 everywhere
+    monkeypatch.setattr(propagation, "load_model", load_model)
     assert evaluate(phantoms, tmp_path, "--methods", "sdfsmis", "--folds", "0,1", "--organs", "Spleen",
                     "--checkpoint", pattern, "--base-model", base, "--dino", dino) == 0
-    assert loaded == paths
+    assert loaded == [(path, "float32") for path in paths]
     record = json.loads((tmp_path / "results.json").read_text())
     assert [fold["checkpoint"] for fold in record["folds"]] == paths
 
