@@ -257,5 +257,6 @@ def training_step_memory(config_name: str = "sd15", image_size: int = 256, devic
         seconds = time.perf_counter() - start
     return {"mode": "training-step", "config": config_name, "image_size": image_size, "device": str(target),
             "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
-            "batch_size": batch_size, "steps": steps, "seconds_per_step": round(seconds / steps, 3),
+            "batch_size": batch_size, "fused_adamw": bool(optimizer.defaults["fused"]), "steps": steps,
+            "seconds_per_step": round(seconds / steps, 3),
             "loss": round(loss.item(), 5), **memory.summary(), **environment(target)}

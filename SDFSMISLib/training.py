@@ -102,17 +102,36 @@ def parameter_groups(network: SDFSMISNet, options: TrainingOptions) -> list[dict
             {"params": list(trainable["condition_mlp"].parameters()), "lr": options.mlp_lr}]
 
 
+def uses_fused_adamw(device: torch.device) -> bool:
+    """Whether training's AdamW runs fused: on CUDA (see :func:`build_optimizer`)."""
+    return device.type == "cuda"
+
+
 def build_optimizer(network: SDFSMISNet, options: TrainingOptions, device: torch.device) -> torch.optim.AdamW:
     """AdamW over :func:`parameter_groups`, fused into one kernel per step on CUDA.
 
     PyTorch's default (``foreach``) AdamW builds temporaries the size of all trainable parameters during
     the update; the fused kernel needs none. Measured for one training step of the full model (bf16,
     gradient checkpointing, batch 1, H100, ``benchmarks/training_memory.py``): CUDA peak 16.67 GiB with
-    ``foreach``, 13.54 GiB fused, the difference being the 0.86 B UNet parameters in float32 once more; fused
-    also took 0.73 s per step instead of 4.8-5.3 s. Elsewhere PyTorch's default stays.
+    ``foreach`` (``benchmarks/results/training-memory-cuda-foreach.json``), 13.54 GiB fused
+    (``training-memory-cuda.json``), the difference being the 0.86 B UNet parameters in float32 once more.
+    Elsewhere PyTorch's default stays.
     """
     return torch.optim.AdamW(parameter_groups(network, options), weight_decay=options.weight_decay,
-                             fused=device.type == "cuda" or None)
+                             fused=True if uses_fused_adamw(device) else None)
+
+
+def keep_fused_choice(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Re-apply :func:`uses_fused_adamw` after a resume.
+
+    Loading an optimiser's state takes each parameter group's settings from the file, so a run saved by an
+    unfused AdamW would resume unfused (and with the larger peak). Loading the state again with the setting
+    corrected also moves AdamW's step counters where the fused kernel needs them.
+    """
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group["fused"] = True if uses_fused_adamw(device) else None
+    optimizer.load_state_dict(state)
 
 
 class CsvLog:
@@ -191,6 +210,7 @@ def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: T
     if resume:
         step = _resume_step(output)
         accelerator.load_state(str(output / STATE_FOLDER))
+        keep_fused_choice(optimizer, accelerator.device)
     if "tensorboard" in options.log_with:
         accelerator.init_trackers("sdfsmis", config={k: v for k, v in asdict(options).items()
                                                      if isinstance(v, (int, float, str, bool))})

@@ -13,7 +13,8 @@ from SDFSMISLib.config import preset
 from SDFSMISLib.episodes import EpisodeDataset, EpisodeOptions, TrainingVolume
 from SDFSMISLib.errors import InputError
 from SDFSMISLib.network import SDFSMISNet
-from SDFSMISLib.training import LOG_FILE, TrainingOptions, build_optimizer, train
+from SDFSMISLib import training
+from SDFSMISLib.training import LOG_FILE, TrainingOptions, build_optimizer, keep_fused_choice, train
 
 SIZE = 64
 
@@ -99,6 +100,24 @@ def test_fused_adamw_takes_the_same_step_as_the_default() -> None:
     default, fused = results
     assert all(torch.allclose(default[name], fused[name], atol=1e-6) for name in default)
     assert any(not torch.equal(default[name], trained_state(network())[name]) for name in default)  # it moved
+
+
+def test_resume_keeps_the_fused_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run saved by an unfused AdamW resumes fused where fused is chosen (its state file says otherwise)."""
+    model, cpu = network(), torch.device("cpu")
+    unfused = build_optimizer(model, options(1), cpu)
+    for parameter in model.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    unfused.step()
+    monkeypatch.setattr(training, "uses_fused_adamw", lambda _device: True)  # as on CUDA
+    resumed = build_optimizer(model, options(1), cpu)
+    resumed.load_state_dict(unfused.state_dict())
+    assert not any(group["fused"] for group in resumed.param_groups)  # what loading alone does
+    keep_fused_choice(resumed, cpu)
+    assert all(group["fused"] for group in resumed.param_groups)
+    moments = [resumed.state[p]["exp_avg"].clone() for p in resumed.param_groups[0]["params"][:2]]
+    assert all(torch.count_nonzero(moment) for moment in moments)  # the saved moments came along
+    resumed.step()
 
 
 def test_refuses_to_overwrite_a_run_and_to_train_past_its_episodes(tmp_path: Path) -> None:
