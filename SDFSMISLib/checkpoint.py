@@ -39,6 +39,7 @@ INFERENCE_OPTIONS = ("timestep", "query_enhancement", "vtct", "qe_threshold", "q
 
 
 def _float32_bytes(tensor: torch.Tensor) -> bytes:
+    """The tensor's values as float32 bytes: what a fingerprint hashes, whatever the tensor's type and device."""
     return tensor.detach().float().cpu().contiguous().numpy().tobytes()
 
 
@@ -49,7 +50,8 @@ def base_fingerprint(vae: AutoencoderKL, dino: Dinov2Model) -> str:
     their order do not matter: transformers renamed DINOv2's attention weights between 5.17 and 5.23
     (``attention.attention.query`` became ``attention.q_proj``), and the fingerprint of names and values
     written before (:func:`named_base_fingerprint`) made every checkpoint warn of a foreign base model under
-    the other version, the same weights notwithstanding.
+    the other version, the same weights notwithstanding. The price: two tensors of the same shape swapped
+    give the same fingerprint, which a different base model (other weight files) never does by chance.
     """
     digests = sorted(hashlib.sha256(str(tuple(tensor.shape)).encode() + _float32_bytes(tensor)).hexdigest()
                      for module in (vae, dino) for tensor in module.state_dict().values())
@@ -71,7 +73,7 @@ def named_base_fingerprint(vae: AutoencoderKL, dino: Dinov2Model) -> str:
 
 def base_matches(recorded: dict[str, Any], vae: AutoencoderKL, dino: Dinov2Model) -> bool:
     """Whether ``vae`` and ``dino`` are the base a checkpoint recorded (``True`` when it recorded none)."""
-    if "weights_fingerprint" in recorded:
+    if recorded.get("weights_fingerprint"):
         return recorded["weights_fingerprint"] == base_fingerprint(vae, dino)
     if recorded.get("fingerprint"):
         return recorded["fingerprint"] == named_base_fingerprint(vae, dino)

@@ -192,8 +192,9 @@ def _evaluate(args: argparse.Namespace, plans: list[FoldPlan], methods: list[str
                 table = dataset_organs(args.dataset, support.labels)
                 run.organs = {name: table[name] for name in organ_names}
             if MODEL_METHODS & set(methods) and plan.checkpoint != loaded:
-                # float32 on every device, as the paper evaluates; the device's fast layout and convolutions
-                # (Winograd on the CPU) come with load_model and leave the masks unchanged.
+                # float32 on every device, as the paper evaluates; the device's layout and convolution algorithm
+                # (Winograd on the CPU, which rounds differently by about 1e-6) come with load_model.
+                assert base_model is not None and dino is not None  # main() resolves them for model methods
                 model = load_model(ModelFiles(plan.checkpoint, base_model, dino), args.device, "float32")
                 loaded = plan.checkpoint
 

@@ -148,11 +148,17 @@ def test_plan_has_one_row_per_switch_and_a_headline() -> None:
                                                               ("ablation", "all optimisations + torch.compile")]
 
 
-def test_warm_up_meets_every_batch_shape() -> None:
+def test_warm_up_meets_every_batch_shape(model: SDFSMISNet, workload: Workload,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     assert warmup_counts(100, 32) == [32, 4]  # three full batches and a remainder of 4
     assert warmup_counts(60, 4) == [4]
     assert warmup_counts(3, 32) == [3]
-    assert warmup_counts(60, 1) == [1]
+    calls = []
+    real = inference_benchmark.foreground_maps
+    monkeypatch.setattr(inference_benchmark, "foreground_maps",
+                        lambda model, work, *rest: calls.append(len(work.query)) or real(model, work, *rest))
+    run_path(model, workload, replace(NAIVE, batch_size=3), count_flops=False)
+    assert calls == [3, 1, SLICES]  # a full batch and the remainder untimed, then the timed run
 
 
 def test_report_has_every_row(naive: PathRun, tmp_path: Path) -> None:
