@@ -85,9 +85,9 @@ def inference_memory_format(device: torch.device) -> torch.memory_format:
     per-stage measurement at full size on 2 cores the VAE encoder and decoder ran 10-15 % faster and the UNet
     about the same (the whole-volume row of ``benchmarks/results/propagate-cpu.md`` ran under other load and
     is not conclusive). Elsewhere the default layout: on an H100 channels_last was slower, 0.94x for the
-    naive path (``benchmarks/results/propagate-cuda.md``) and 0.87 against 0.74 s for a 100-slice volume of
-    the float16 path at batch 32, since GroupNorm copies NHWC tensors back. Not for training: a layout
-    change under a running optimiser or DDP is not worth its risk.
+    naive path (``benchmarks/results/propagate-cuda.md``) and 0.82 against 0.73 s for a 100-slice volume of
+    the float16 path at batch 32 (``benchmarks/gpu_settings.py``), since GroupNorm copies NHWC tensors back.
+    Not for training: a layout change under a running optimiser or DDP is not worth its risk.
     """
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
