@@ -29,21 +29,30 @@ def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
     (3, 12, 5, 13, 18, False, None),  # partial last tiles in both directions, contiguous in and out
     (1, 6, 10, 9, 4, True, 2**10),  # chunks of a few tile rows
     (5, 4, 4, 8, 8, True, 2**30),  # several images per chunk
+    (3, 4, 4, 8, 8, True, 2**12),  # one image per chunk
 ])
 def test_matches_the_direct_convolution(batch: int, c_in: int, c_out: int, height: int, width: int,
                                         channels_last: bool, chunk_bytes: int | None) -> None:
+    """(With ``chunk_bytes`` the chunks are sized by bytes alone, so these small layers are split too.)"""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, c_in, height, width, generator=generator)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(c_out, c_in, 3, 3, generator=generator), torch.randn(c_out, generator=generator)
     reference = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
-    result = winograd_conv2d(x, transform_weight(weight), bias, chunk_bytes)
+    min_tiles = None if chunk_bytes is None else 1
+    result = winograd_conv2d(x, transform_weight(weight), bias, chunk_bytes, min_tiles)
     assert result.shape == reference.shape
     assert result.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert relative_error(result, reference) < RELATIVE_ERROR
-    unbiased = winograd_conv2d(x, transform_weight(weight), None, chunk_bytes)
+    unbiased = winograd_conv2d(x, transform_weight(weight), None, chunk_bytes, min_tiles)
     assert relative_error(unbiased, F.conv2d(x.double(), weight.double(), padding=1)) < RELATIVE_ERROR
+
+
+def test_chunks_hold_enough_tiles_for_fast_products() -> None:
+    assert winograd.chunk_tiles(512, 4) == winograd.MIN_CHUNK_TILES  # 4 MB would hold only 56 tiles
+    assert winograd.chunk_tiles(128, 4) == winograd.CHUNK_BYTES // (36 * 128 * 4)  # bytes decide: 227 tiles
+    assert winograd.chunk_tiles(512, 4, chunk_bytes=2**10, min_tiles=1) == 1
 
 
 def test_only_same_size_dense_3x3_convolutions_are_eligible() -> None:
