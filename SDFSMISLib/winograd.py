@@ -31,10 +31,11 @@ change (``load_state_dict``, ``.to()``), at the memory cost of 4x the weights of
 **Chunks.** The tiles of a layer are processed in chunks of about :data:`CHUNK_BYTES` of transformed
 input, so that a chunk's transform, product and inverse transform stay in the processor's cache (2, 4 and
 8 MB measured alike), but of at least :data:`MIN_CHUNK_TILES` tiles, so that the products stay fast
-(:func:`chunk_tiles`; the figures below predate that floor). Measured on a 2-core Sapphire Rapids against oneDNN's channels_last convolution, per
-layer of the SD-1.5 VAE decoder at batch 4: 1.6-1.9x at 512 channels (32-128 px), 1.4x at 256 channels,
-1.2x at 128 channels (256 px); the whole decoder 1.54x and the encoder 1.43x, whose remaining time is
-mostly group normalisation, SiLU and the layers Winograd leaves out.
+(:func:`chunk_tiles`; the figures below predate that floor). Measured on a 2-core Sapphire Rapids
+against oneDNN's channels_last convolution, per layer of the SD-1.5 VAE decoder at batch 4: 1.6-1.9x at
+512 channels (32-128 px), 1.4x at 256 channels, 1.2x at 128 channels (256 px); the whole decoder 1.54x and
+the encoder 1.43x, whose remaining time is mostly group normalisation, SiLU and the layers Winograd leaves
+out.
 """
 
 from __future__ import annotations
