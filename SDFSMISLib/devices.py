@@ -58,6 +58,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``: the spelling of :data:`DTYPES`, for reports and options."""
+    return str(dtype).removeprefix("torch.")
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """The network's floating type: ``"auto"`` is float16 on a GPU and float32 on the CPU.
 

@@ -51,7 +51,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import preset
-from .devices import auto_batch_size, inference_memory_format, resolve_device, resolve_dtype, uses_winograd
+from .devices import (auto_batch_size, dtype_name, inference_memory_format, resolve_device, resolve_dtype,
+                      uses_winograd)
 from .errors import InputError
 from .metrics import dice
 from .network import SDFSMISNet
@@ -316,7 +317,7 @@ def run_path(model: SDFSMISNet, workload: Workload, switches: Switches, block: s
                 foreground_maps(model, workload, switches.support_reuse, batch_size)
             flops = float(counter.get_total_flops())
     return PathRun(block=block, name=name, switches=switches, slices=len(workload.query), batch_size=batch_size,
-                   dtype=str(model.dtype).removeprefix("torch."),
+                   dtype=dtype_name(model.dtype),
                    channels_last=uses_channels_last(switches, model.device),
                    winograd=uses_winograd_switch(switches, model), threads=threads, seconds=seconds,
                    cpu_seconds=cpu_seconds, warmup_seconds=warmup_seconds,
@@ -357,8 +358,7 @@ def plan_paths(optimised: Switches, device: torch.device, slices: int, ablation_
     to the ablation block only (compiling takes minutes).
     """
     optimised_dtype = resolve_dtype(optimised.dtype, device)
-    half = (str(optimised_dtype).removeprefix("torch.") if optimised_dtype != torch.float32
-            else HALF_TYPES[device.type])
+    half = dtype_name(optimised_dtype) if optimised_dtype != torch.float32 else HALF_TYPES[device.type]
     batch = optimised.batch_size or auto_batch_size(device, image_size, optimised_dtype)
     changes = [("support reuse", {"support_reuse": True}),
                (f"batching ({batch})", {"batch_size": batch}),

@@ -27,6 +27,7 @@ import torch
 
 from . import HUGE_PAGES_VARIABLE, TORCH_LOADED_FIRST
 from .config import preset
+from .devices import dtype_name
 from .network import SDFSMISNet
 from .slice_prediction import predict_foreground_maps
 from .support_injection import CONTEXT_KEY, SupportMode
@@ -208,7 +209,7 @@ def benchmark_prediction(config_name: str = "sd15", image_size: int = 256, shots
     median = {key: sorted(run[key] for run in runs)[len(runs) // 2] for key in runs[0]}
     result = {
         "config": config_name, "image_size": image_size, "shots": shots, "device": str(target),
-        "dtype": str(dtype).removeprefix("torch."), "repeats": repeats, "build_seconds": round(build_seconds, 3),
+        "dtype": dtype_name(dtype), "repeats": repeats, "build_seconds": round(build_seconds, 3),
         "seconds": {key: round(value, 4) for key, value in median.items()},
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **environment(target),

@@ -102,9 +102,10 @@ def parameter_groups(network: SDFSMISNet, options: TrainingOptions) -> list[dict
             {"params": list(trainable["condition_mlp"].parameters()), "lr": options.mlp_lr}]
 
 
-def uses_fused_adamw(device: torch.device) -> bool:
-    """Whether training's AdamW runs fused: on CUDA (see :func:`build_optimizer`)."""
-    return device.type == "cuda"
+def fused_adamw(device: torch.device) -> bool | None:
+    """The ``fused`` argument of training's AdamW on ``device``: ``True`` on CUDA (see :func:`build_optimizer`),
+    else ``None``, PyTorch's default (``False`` would force the slow per-parameter loop)."""
+    return True if device.type == "cuda" else None
 
 
 def build_optimizer(network: SDFSMISNet, options: TrainingOptions, device: torch.device) -> torch.optim.AdamW:
@@ -118,11 +119,11 @@ def build_optimizer(network: SDFSMISNet, options: TrainingOptions, device: torch
     Elsewhere PyTorch's default stays.
     """
     return torch.optim.AdamW(parameter_groups(network, options), weight_decay=options.weight_decay,
-                             fused=True if uses_fused_adamw(device) else None)
+                             fused=fused_adamw(device))
 
 
 def keep_fused_choice(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Re-apply :func:`uses_fused_adamw` after a resume.
+    """Re-apply :func:`fused_adamw` after a resume.
 
     Loading an optimiser's state takes each parameter group's settings from the file, so a run saved by an
     unfused AdamW would resume unfused (and with the larger peak). Loading the state again with the setting
@@ -130,7 +131,7 @@ def keep_fused_choice(optimizer: torch.optim.Optimizer, device: torch.device) ->
     """
     state = optimizer.state_dict()
     for group in state["param_groups"]:
-        group["fused"] = True if uses_fused_adamw(device) else None
+        group["fused"] = fused_adamw(device)
     optimizer.load_state_dict(state)
 
 

@@ -109,7 +109,7 @@ def test_resume_keeps_the_fused_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     for parameter in model.parameters():
         parameter.grad = torch.ones_like(parameter)
     unfused.step()
-    monkeypatch.setattr(training, "uses_fused_adamw", lambda _device: True)  # as on CUDA
+    monkeypatch.setattr(training, "fused_adamw", lambda _device: True)  # as on CUDA
     resumed = build_optimizer(model, options(1), cpu)
     resumed.load_state_dict(unfused.state_dict())
     assert not any(group["fused"] for group in resumed.param_groups)  # what loading alone does
