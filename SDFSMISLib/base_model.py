@@ -119,7 +119,8 @@ def dinov2_config(dino: Path | str) -> dict[str, Any]:
         raise WeightsError(f"DINOv2 folder not found: {dino}.\n{OFFLINE_INSTRUCTIONS}")
     config = _read_json(dino / "config.json")
     if config.get("model_type") != "dinov2":
-        raise WeightsError(f"{dino}/config.json describes a {config.get('model_type')!r} model, not DINOv2. {_DINO_FIX}")
+        raise WeightsError(f"{dino}/config.json describes a {config.get('model_type')!r} model, not DINOv2. "
+                           f"{_DINO_FIX}")
     return {k: config[k] for k in DINOV2_ARCHITECTURE_KEYS if k in config}
 
 

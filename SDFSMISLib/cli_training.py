@@ -173,7 +173,8 @@ def register_training_commands(command: CommandFactory) -> None:
     train = command("train", _command_train,
                     "train SD-FSMIS on episodes (Accelerate: CPU, one GPU, or `accelerate launch` for many)",
                     "sdfsmis train --data chaos-t2 --base-model sd15/ --dino dinov2-small/ --fold 0 --out runs/f0")
-    train.add_argument("--data", type=Path, required=True, help="dataset folder (image_<id>, label_<id>, supervoxel_<id>)")
+    train.add_argument("--data", type=Path, required=True,
+                       help="dataset folder (image_<id>, label_<id>, supervoxel_<id>)")
     train.add_argument("--out", type=Path, required=True, help="run folder: model.safetensors, state/, log.csv")
     train.add_argument("--base-model", type=Path, required=True, help="SD-1.5 folder or single file")
     train.add_argument("--dino", type=Path, required=True, help="DINOv2 folder")

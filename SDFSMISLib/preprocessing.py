@@ -191,7 +191,7 @@ def _resample(array: np.ndarray, source: Volume, target: Volume, interpolator: i
     if source.same_grid(target, tolerance=1e-9):
         return array.copy()
     dtype = array.dtype
-    image = source.with_array(array.astype(np.uint8) if dtype == bool else array).to_image()
+    image = source.with_array(array.astype(np.uint8) if dtype.kind == "b" else array).to_image()
     reference = target.to_image()
     resampled = sitk.Resample(image, reference, sitk.Transform(), interpolator, default, image.GetPixelID())
     return sitk.GetArrayFromImage(resampled).astype(dtype)

@@ -266,8 +266,8 @@ def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: T
                   **options.extra, **(summary or {})}
         if torch.cuda.is_available():
             record["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        save_checkpoint(accelerator.unwrap_model(objective).network, final, dtype=getattr(torch, options.checkpoint_dtype),
-                        training=record)
+        save_checkpoint(accelerator.unwrap_model(objective).network, final,
+                        dtype=getattr(torch, options.checkpoint_dtype), training=record)
     accelerator.wait_for_everyone()
     return final
 
