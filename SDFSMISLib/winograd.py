@@ -199,12 +199,10 @@ class WinogradForward:
     def transformed_weight(self) -> torch.Tensor:
         weight = self.conv.weight
         version = None if weight.is_inference() else weight._version  # inference tensors have no version
-        transformed = self._transformed
-        if (transformed is None or self._source is None or weight.data_ptr() != self._source.data_ptr()
+        if (self._source is None or weight.data_ptr() != self._source.data_ptr()
                 or version != self._source_version):
-            transformed = transform_weight(weight)
-            self._source, self._source_version, self._transformed = weight.detach(), version, transformed
-        return transformed
+            self._source, self._source_version, self._transformed = weight.detach(), version, transform_weight(weight)
+        return self._transformed
 
     def __getstate__(self) -> dict[str, object]:
         return {"conv": self.conv}
