@@ -1,14 +1,14 @@
 """SDFSMIS: few-shot segmentation of a whole volume from a few annotated slices (SD-FSMIS).
 
-The module file stays thin: module metadata here; the panel, logic and tests live in ``SDFSMISLib``
-(``slicer_widget``, ``slicer_logic``, ``slicer_test``). Nothing imported here needs PyTorch: it is installed on
-first use, through the PyTorch extension.
+The module file stays thin: module metadata here; the panel and logic live in ``SDFSMISLib.slicer``, the
+self-test in ``Testing`` (beside this file, as SlicerNNUnet keeps its tests). Nothing imported here needs
+PyTorch: it is installed on first use, through the PyTorch extension.
 """
 
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
-from SDFSMISLib.slicer_test import SDFSMISTest  # noqa: F401 - Slicer looks the test class up by name here
-from SDFSMISLib.slicer_widget import SDFSMISWidget  # noqa: F401 - and the widget class
+from Testing.slicer_self_test import SDFSMISTest  # noqa: F401 - Slicer looks the test class up by name here
+from SDFSMISLib.slicer.widget import SDFSMISWidget  # noqa: F401 - and the widget class
 
 CITATION = ("SD-FSMIS: Adapting Stable Diffusion for Few-Shot Medical Image Segmentation "
             "(method and released code: github.com/LeeX-Bruce/SD-FSMIS).")

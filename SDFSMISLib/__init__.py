@@ -1,49 +1,42 @@
 """SDFSMIS: few-shot medical image segmentation with SD-FSMIS, for 3D Slicer and the command line.
 
-The public API is importable from the package; torch and diffusers load only when first used,
-so the Slicer module can import the package before its dependencies are installed.
+The public API is importable from the package; torch and diffusers load only when first used, so the Slicer
+module can import the package before its dependencies are installed, and importing it changes nothing in the
+process (no environment variable, no global setting).
+
+The sub-packages, from the network outwards: ``model`` (the network), ``weights`` (files on disk and the one
+model-loading entry point), ``inference`` (slices and volumes), ``io`` (volumes, segmentations, DICOM),
+``data`` (datasets, pseudo-labels, episodes, phantoms), ``training``, ``evaluation``, ``slicer`` (the 3D
+Slicer module) and ``cli`` (the ``sdfsmis`` command).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from typing import Any
 
 __version__ = "0.1.0"
 
-#: PyTorch backs CPU tensors of 2 MB and more with transparent huge pages when this is set before its first
-#: CPU allocation (it reads the variable once). Prediction at full size allocates hundreds of megabytes per
-#: layer, and with 4 kB pages the page faults of each new activation cost as much as the normalisations and
-#: activations themselves: measured on a 2-core CPU, SiLU on a 134 MB tensor ran 2-3x faster. Set here,
-#: before the package imports torch, and only as a default: ``THP_MEM_ALLOC_ENABLE=0`` in the environment
-#: switches it off. It has no effect where torch was loaded first (another Slicer extension, say), and like
-#: any variable set here it is inherited by child processes.
-HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
-#: Whether torch was loaded before this package could set the variable (then it only applies if set earlier).
-TORCH_LOADED_FIRST = "torch" in sys.modules
-os.environ.setdefault(HUGE_PAGES_VARIABLE, "1")
-
 _API = {
-    "SDFSMISConfig": "config",
-    "preset": "config",
-    "SDFSMISNet": "network",
-    "SupportEncoding": "network",
-    "load_base_model": "base_model",
-    "save_checkpoint": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "read_checkpoint_metadata": "checkpoint",
-    "load_released_checkpoint": "released",
-    "predict_foreground_maps": "slice_prediction",
-    "segment_slices": "slice_prediction",
-    "Threshold": "postprocess",
-    "propagate": "propagation",
-    "PropagationOptions": "propagation",
-    "load_model": "propagation",
-    "read_volume": "volume_io",
-    "write_volume": "volume_io",
-    "Volume": "volume_io",
+    "SDFSMISConfig": "model.config",
+    "preset": "model.config",
+    "SDFSMISNet": "model.network",
+    "SupportEncoding": "model.network",
+    "load_base_model": "weights.base_model",
+    "save_checkpoint": "weights.checkpoint",
+    "load_checkpoint": "weights.checkpoint",
+    "read_checkpoint_metadata": "weights.checkpoint",
+    "load_released_checkpoint": "weights.released_checkpoint",
+    "load_model": "weights.loading",
+    "ModelFiles": "weights.model_files",
+    "predict_foreground_maps": "inference.slice_prediction",
+    "segment_slices": "inference.slice_prediction",
+    "Threshold": "inference.postprocess",
+    "propagate": "inference.propagation",
+    "PropagationOptions": "inference.options",
+    "read_volume": "io.volumes",
+    "write_volume": "io.volumes",
+    "Volume": "io.volumes",
 }
 __all__ = ["__version__", *_API]
 

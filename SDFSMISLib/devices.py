@@ -4,19 +4,26 @@ Propagation must work unchanged on a laptop CPU, an Apple GPU and a CUDA worksta
 ``"auto"`` and gets the fastest device present (CUDA, then MPS, then the CPU), half precision where the
 hardware computes it natively, and a first batch size that fits the free memory. The batch size is only a
 first guess: :func:`is_out_of_memory` lets the prediction loop halve it and retry
-(:func:`SDFSMISLib.slice_prediction.run_in_batches`), so a wrong guess costs time, never the result.
+(:func:`SDFSMISLib.inference.slice_prediction.run_in_batches`), so a wrong guess costs time, never the result.
+
+No torch at import: the command line and the Slicer panel offer :data:`DEVICES` and :data:`DTYPES` before
+PyTorch is loaded (or, in Slicer, installed); each function imports it when called.
 """
 
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+
 DEVICES = ("auto", "cuda", "mps", "cpu")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: The floating types the network runs and stores weights in; ``"auto"`` adds the device's choice.
+PRECISIONS = ("float32", "float16", "bfloat16")
+DTYPES = ("auto", *PRECISIONS)
 #: Most query slices per batch: beyond this a GPU is saturated and a failure would cost more work.
 MAX_BATCH = 32
 CPU_BATCH = 4
@@ -29,6 +36,8 @@ MEMORY_SHARE = 0.5
 
 
 def _mps_available() -> bool:
+    import torch
+
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
@@ -38,6 +47,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     ``"auto"`` picks CUDA, then MPS, then the CPU. Asking for a device that is absent is an
     :class:`~SDFSMISLib.errors.InputError` rather than a late crash inside torch.
     """
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -58,6 +69,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """``"float16"`` -> ``torch.float16``: one of :data:`PRECISIONS` as a torch type."""
+    import torch
+
+    if name not in PRECISIONS:
+        raise InputError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
+    return getattr(torch, name)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float16`` -> ``"float16"``: the spelling of :data:`DTYPES`, for reports and options."""
     return str(dtype).removeprefix("torch.")
@@ -74,13 +94,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     with the float32 masks down to about 0.9 on small organs, ``benchmarks/precision_agreement.py``), and
     a user must get the same masks on every CPU. ``"bfloat16"`` opts in.
     """
+    import torch
+
     if name not in DTYPES:
         raise InputError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     if name == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise InputError(f"{torch.cuda.get_device_name(device)} has no bfloat16 support; use float16 or float32")
-    return getattr(torch, name)
+    return torch_dtype(name)
 
 
 def inference_memory_format(device: torch.device) -> torch.memory_format:
@@ -94,21 +116,15 @@ def inference_memory_format(device: torch.device) -> torch.memory_format:
     the float16 path at batch 32 (``benchmarks/gpu_settings.py``), since GroupNorm copies NHWC tensors back.
     Not for training: a layout change under a running optimiser or DDP is not worth its risk.
     """
+    import torch
+
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-
-
-def uses_winograd(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether prediction computes its 3x3 convolutions with Winograd F(4x4, 3x3) (:mod:`SDFSMISLib.winograd`).
-
-    Only float32 on the CPU: there the convolutions run near the processor's matrix-multiply speed already
-    and only fewer multiplications make them faster (figures in that module; masks unchanged). GPUs run
-    their own Winograd or implicit-GEMM kernels, and half types would lose the digits the transforms need.
-    """
-    return device.type == "cpu" and dtype == torch.float32
 
 
 def describe_device(device: torch.device) -> str:
     """One line for the user (the Slicer panel, the command line): which hardware, how much memory is free."""
+    import torch
+
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return (f"{torch.cuda.get_device_name(device)} (CUDA, {free / 2**30:.1f} GiB free of "
@@ -120,6 +136,8 @@ def describe_device(device: torch.device) -> str:
 
 def auto_batch_size(device: torch.device, image_size: int, dtype: torch.dtype) -> int:
     """A first number of query slices per network call (see the module docstring)."""
+    import torch
+
     if device.type == "cpu":
         return CPU_BATCH
     if device.type == "mps":
@@ -131,6 +149,8 @@ def auto_batch_size(device: torch.device, image_size: int, dtype: torch.dtype) -
 
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is a GPU running out of memory (CUDA's own type, or MPS's RuntimeError)."""
+    import torch
+
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
@@ -138,6 +158,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def release_cached_memory(device: torch.device) -> None:
     """Give the allocator's cached blocks back after an out-of-memory error, before a smaller retry."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps":

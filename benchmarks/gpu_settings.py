@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from SDFSMISLib.config import preset
-from SDFSMISLib.inference_benchmark import Switches, Workload, foreground_maps, phantom_workload, switched
-from SDFSMISLib.network import SDFSMISNet
-from SDFSMISLib.profiling import environment
+from SDFSMISLib.model.config import preset
+from lib.propagation_benchmark import Switches, Workload, foreground_maps, phantom_workload, switched
+from SDFSMISLib.model.network import SDFSMISNet
+from lib.profiling import environment
 
 
 def time_volume(model: SDFSMISNet, workload: Workload, switches: Switches, repeats: int = 3) -> dict[str, Any]:

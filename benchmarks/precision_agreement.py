@@ -1,6 +1,6 @@
 """Masks of a trained model at float32 against a half type: does rounding change what the user gets?
 
-Runs SDFSMISLib/precision_agreement.py: every ordered pair of patients of a labelled folder (the bundled
+Runs benchmarks/lib/precision_agreement.py: every ordered pair of patients of a labelled folder (the bundled
 demo phantoms by default) propagated with the bundled demo model (or --checkpoint/--base-model/--dino) at
 float32 and at the half type; Dice between the two label maps per organ.
 
@@ -13,8 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from SDFSMISLib.bundled import bundled_phantoms, chosen_model
-from SDFSMISLib.precision_agreement import markdown, precision_agreement
+from SDFSMISLib.data.phantom import bundled_phantoms
+from SDFSMISLib.weights.model_files import chosen_model
+from lib.precision_agreement import markdown, precision_agreement
 
 
 def main() -> int:

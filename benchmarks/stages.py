@@ -10,9 +10,7 @@ weight files are needed. Run on CPU, and on GPU when there is one:
 benchmarks/propagate.py measures a whole query volume, naive against optimised.
 """
 
-from SDFSMISLib.cli import main
+from lib.command import run
 
 if __name__ == "__main__":
-    import sys
-
-    raise SystemExit(main(["benchmark", "--mode", "stages", "--config", "sd15", "--shots", "1", *sys.argv[1:]]))
+    raise SystemExit(run("stages", __doc__.splitlines()[0]))

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from SDFSMISLib.supervoxels import felzenszwalb_3d, supervoxels
-from SDFSMISLib.volume_io import read_volume
+from SDFSMISLib.data.supervoxels import felzenszwalb_3d, supervoxels
+from SDFSMISLib.io.volumes import read_volume
 
 SHAPE = (40, 256, 256)
 CHAOS_SPACING = (7.7, 1.25, 1.25)  # (k, j, i) mm

@@ -11,10 +11,7 @@ Options: --device (cuda), --mixed-precision (bf16), --no-gradient-checkpointing,
 --image-size (256).
 """
 
-from SDFSMISLib.cli import main
+from lib.command import run
 
 if __name__ == "__main__":
-    import sys
-
-    raise SystemExit(main(["benchmark", "--mode", "training-step", "--config", "sd15", "--device", "cuda",
-                           *sys.argv[1:]]))
+    raise SystemExit(run("training-step", __doc__.splitlines()[0]))

@@ -12,8 +12,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from SDFSMISLib.config import preset
-from SDFSMISLib.network import SDFSMISNet
+from SDFSMISLib.model.config import preset
+from SDFSMISLib.model.network import SDFSMISNet
 
 IMAGE_SIZE = 64
 

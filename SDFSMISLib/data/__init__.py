@@ -1,0 +1,3 @@
+"""Training and evaluation data: dataset folders, preprocessing, supervoxel pseudo-labels, episodes,
+augmentation, and synthetic phantoms.
+"""

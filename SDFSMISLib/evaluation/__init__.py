@@ -1,0 +1,2 @@
+"""Evaluation as few-shot papers report it: the test protocol, the fold runner, baselines, metrics and reports.
+"""
