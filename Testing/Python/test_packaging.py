@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cmake_lists_every_library_and_slicer_test_file() -> None:
-    listed = set(re.findall(r"(?:SDFSMISLib|Testing)/[\w/]+\.py", (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")))
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    listed = set(re.findall(r"(?:SDFSMISLib|Testing)/[\w/]+\.py", cmake))
     files = [*(ROOT / "SDFSMISLib").rglob("*.py"), *(ROOT / "Testing").glob("*.py")]
     present = {str(p.relative_to(ROOT)) for p in files}
     assert listed == present
@@ -25,7 +26,8 @@ def test_layout_reads_as_the_architecture() -> None:
     subpackages = [p for p in package.iterdir() if (p / "__init__.py").is_file()]
     assert len(subpackages) >= 5 and len(list(package.glob("*.py"))) <= 6
     modules = list(package.rglob("*.py"))
-    too_long = {str(p.relative_to(ROOT)): n for p in modules if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}
+    lines = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines()) for p in modules}
+    too_long = {path: count for path, count in lines.items() if count > 450}
     assert not too_long
     assert not [p for p in modules if re.search(r"benchmark|profiling|winograd|test", p.name)]
 
@@ -68,5 +70,6 @@ def test_loading_the_default_model_imports_no_benchmark_or_experimental_code() -
             "print(sorted(name for name in sys.modules if name == 'lib' or name.startswith('lib.') "
             "or name.startswith('SDFSMISLib') and any(word in name for word in ('winograd', 'benchmark', "
             "'profiling'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True,
+                         cwd=ROOT).stdout
     assert out.strip() == "[]"
