@@ -12,10 +12,14 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import InputError
-from ..evaluation.folds import METHODS, MODEL_METHODS, EvaluationSettings, evaluate_folds, plan_folds, write_reports
+from ..evaluation.folds import (METHODS, MODEL_METHODS, MODES, EvaluationSettings, check_methods, evaluate_folds,
+                                plan_folds, write_reports)
 from ..io.labels import PAPER_ORDER
 from ..progress import progress_bar
 from .training import CommandFactory, int_list
+
+
+DEFAULT_METHODS = {"cross-patient": "sdfsmis,copy,prototype", "same-patient": "sdfsmis,copy,fill-between"}
 
 
 def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -54,7 +58,10 @@ def _settings(args: argparse.Namespace) -> EvaluationSettings:
 
 
 def _command_evaluate(args: argparse.Namespace) -> None:
+    if args.methods is None:
+        args.methods = DEFAULT_METHODS[args.mode]
     methods = _choices(args.methods, METHODS, "methods")
+    check_methods(methods, args.mode)
     organ_names = _choices(args.organs, PAPER_ORDER, "organs")
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file; give a folder for the reports")
@@ -87,7 +94,12 @@ def register_evaluation_commands(command: CommandFactory) -> None:
     evaluate.add_argument("--shots", type=int, default=3, help="support slices per organ")
     evaluate.add_argument("--support-index", type=int, default=2,
                           help="position of the support patient among a fold's test patients (RPT: 2)")
-    evaluate.add_argument("--methods", default="sdfsmis,copy,prototype", help=f"any of {','.join(METHODS)}")
+    evaluate.add_argument("--mode", choices=MODES, default="cross-patient",
+                          help="cross-patient: the paper's protocol (one support patient per fold); same-patient: "
+                          "each organ annotated on 3 of its own slices (1/6, 1/2, 5/6), the rest predicted")
+    evaluate.add_argument("--methods", help=f"any of {','.join(METHODS)} (fill-between: same-patient only; "
+                          "default: " + "; ".join(f"{mode}: {methods}" for mode, methods in DEFAULT_METHODS.items())
+                          + ")")
     evaluate.add_argument("--organs", default=",".join(PAPER_ORDER), help="organs to score")
     evaluate.add_argument("--checkpoint", help="SD-FSMIS checkpoint; {fold} in the path is replaced by the fold "
                           "(one model per fold). Default: the bundled model")
@@ -98,8 +110,8 @@ def register_evaluation_commands(command: CommandFactory) -> None:
     evaluate.add_argument("--k-shot", action="store_true",
                           help="released-code variant: all supports as one set (compare the summary's pooled Dice)")
     evaluate.add_argument("--query-range", choices=("ground-truth", "estimated"), default="ground-truth",
-                          help="ground-truth: the protocol's labelled query slices; estimated: the range SDFSMIS "
-                          "estimates without the query's labels, as in real use")
+                          help="ground-truth: the organ's true extent (the protocol's labelled slices); estimated: "
+                          "the range SDFSMIS estimates from the annotated slices alone, as in real use")
     evaluate.add_argument("--setting", type=int, choices=(1, 2), default=1,
                           help="the models' training setting, recorded in results.json")
     evaluate.add_argument("--label", default="SD-FSMIS", help="table row of the model")

@@ -1,14 +1,23 @@
 """The few-shot test protocol over the folds of a dataset folder: plan, run every method, write the reports.
 
-Per fold (:func:`SDFSMISLib.data.datasets.fold_split`) the patient at ``support_index`` of the test patients is
-the support and the others are queries (:func:`SDFSMISLib.evaluation.protocol.test_support_and_queries`); every
-method segments the same slices (:mod:`SDFSMISLib.evaluation.runner`). Methods:
+Two modes, the two ways a user works:
+
+* ``cross-patient`` (the paper's protocol): per fold (:func:`SDFSMISLib.data.datasets.fold_split`) the patient
+  at ``support_index`` of the test patients is the support and the others are queries
+  (:func:`SDFSMISLib.evaluation.protocol.test_support_and_queries`); every method segments the same slices
+  (:mod:`SDFSMISLib.evaluation.runner`).
+* ``same-patient``: every test patient of a fold is annotated on a few of its own slices per organ and the
+  rest is predicted (:mod:`SDFSMISLib.evaluation.same_patient`).
+
+Methods:
 
 * ``sdfsmis``: the model (a ``{fold}`` in the checkpoint path loads one model per fold).
 * ``copy``: each query slice gets its assigned support mask
   (:func:`SDFSMISLib.evaluation.baselines.copy_nearest_support`).
 * ``prototype``: training-free PANet on the frozen VAE latent mean of the same model (``vae``, the default) or on
   its DINOv2 patch tokens (``dino``), see :mod:`SDFSMISLib.evaluation.baselines`.
+* ``fill-between`` (same-patient mode only): 3D Slicer's Fill between slices
+  (:func:`SDFSMISLib.evaluation.baselines.fill_between_slices`).
 
 :func:`plan_folds` checks everything before any work; :func:`evaluate_folds` runs; :func:`write_reports` writes
 ``results.json`` (per case, summary, command, versions, timing), ``table.md`` (the paper's layout),
@@ -26,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -37,8 +46,12 @@ if TYPE_CHECKING:
     from ..data.datasets import Patient
     from ..model.network import SDFSMISNet
     from .runner import OrganCase, PatientData, Predictor, Results
+    from .same_patient import SamePatientMethod
 
-METHODS = ("sdfsmis", "copy", "prototype")
+METHODS = ("sdfsmis", "copy", "prototype", "fill-between")
+MODES = ("cross-patient", "same-patient")
+#: Methods that need the slices' positions, so only the same-patient mode can score them.
+SAME_PATIENT_ONLY = {"fill-between"}
 #: Methods that need the model: SD-FSMIS itself, and the matcher on its frozen encoders.
 MODEL_METHODS = {"sdfsmis", "prototype"}
 FOLD_FIELD = "{fold}"
@@ -49,6 +62,7 @@ PACKAGES = ("torch", "diffusers", "transformers", "numpy", "scipy", "SimpleITK")
 class EvaluationSettings:
     """How every case is scored (the ``sdfsmis evaluate`` options that are not about files)."""
 
+    mode: str = "cross-patient"
     dataset: str = "auto"
     recipe: str = "none"
     size: int = 256
@@ -121,6 +135,11 @@ def plan_folds(data: Path, folds: Sequence[int], settings: EvaluationSettings, p
 
     if settings.shots < 1:
         raise InputError(f"--shots {settings.shots} must be at least 1")
+    if settings.mode not in MODES:
+        raise InputError(f"unknown evaluation mode {settings.mode!r}; use one of {', '.join(MODES)}")
+    if settings.mode == "same-patient" and settings.k_shot:
+        raise InputError("--k-shot feeds another patient's supports as one set; the same-patient mode predicts "
+                         "each slice from its nearest annotated slice: leave out --k-shot")
     patients = scan_folder(data)
     plans = []
     for fold in dict.fromkeys(folds):
@@ -134,24 +153,29 @@ def plan_folds(data: Path, folds: Sequence[int], settings: EvaluationSettings, p
     return plans
 
 
-def _timed(predictor: Predictor, timer: Timer) -> Predictor:
-    """``predictor`` that adds its wall time and query slice count to ``timer``."""
+Method = TypeVar("Method", bound=Callable[..., np.ndarray])
 
-    def predict(query: np.ndarray, images: np.ndarray, masks: np.ndarray, assignment: np.ndarray | None) -> np.ndarray:
+
+def _timed(method: Method, timer: Timer) -> Method:
+    """``method`` that adds its wall time and the number of slices it predicted to ``timer``."""
+
+    def predict(*arguments: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        predicted = predictor(query, images, masks, assignment)
+        predicted = method(*arguments)
         timer.seconds += time.perf_counter() - start
-        timer.slices += len(query)
+        timer.slices += len(predicted)
         return predicted
 
-    return predict
+    return predict  # type: ignore[return-value]
 
 
 def _predictors(settings: EvaluationSettings, methods: list[str], model: SDFSMISNet | None,
-                timers: dict[str, Timer]) -> dict[str, Predictor]:
-    """The requested methods as timed protocol predictors (the baselines on ``model``'s frozen encoders)."""
+                timers: dict[str, Timer]) -> dict[str, Predictor | SamePatientMethod]:
+    """The requested methods, timed: protocol predictors in the cross-patient mode (the baselines on ``model``'s
+    frozen encoders), same-patient methods in the other."""
     from .baselines import dino_features, vae_features
     from .runner import copy_predictor, model_predictor, prototype_predictor
+    from .same_patient import fill_between_method, from_predictor
 
     features = {"vae": vae_features, "dino": dino_features}[settings.prototype_features]
     build: dict[str, Callable[[], Predictor]] = {
@@ -159,7 +183,11 @@ def _predictors(settings: EvaluationSettings, methods: list[str], model: SDFSMIS
         "copy": copy_predictor,
         "prototype": lambda: prototype_predictor(features(model), batch_size=settings.batch_size),
     }
-    return {method: _timed(build[method](), timers.setdefault(method, Timer())) for method in methods}
+    if settings.mode == "cross-patient":
+        return {method: _timed(build[method](), timers.setdefault(method, Timer())) for method in methods}
+    built = {method: fill_between_method() if method in SAME_PATIENT_ONLY else from_predictor(build[method]())
+             for method in methods}
+    return {method: _timed(function, timers.setdefault(method, Timer())) for method, function in built.items()}
 
 
 def _overlay(name: str, support: PatientData, query: PatientData, organ: int, case: OrganCase,
@@ -174,6 +202,13 @@ def _overlay(name: str, support: PatientData, query: PatientData, organ: int, ca
                    query.image[query_slice], case.prediction[query_slice], query.labels[query_slice] == organ)
 
 
+def check_methods(methods: Sequence[str], mode: str) -> None:
+    """Refuse, before any work, a method the mode cannot score."""
+    if mode == "cross-patient" and SAME_PATIENT_ONLY & set(methods):
+        raise InputError(f"{', '.join(sorted(SAME_PATIENT_ONLY & set(methods)))} interpolates between a patient's "
+                         "own annotated slices: use it with --mode same-patient")
+
+
 def evaluate_folds(plans: list[FoldPlan], methods: list[str], organ_names: list[str], settings: EvaluationSettings,
                    base_model: Path | None = None, dino: Path | None = None,
                    progress: ProgressCallback | None = None) -> Run:
@@ -182,10 +217,14 @@ def evaluate_folds(plans: list[FoldPlan], methods: list[str], organ_names: list[
     from ..weights.model_files import ModelFiles
     from .runner import dataset_organs, evaluate_fold, patient_data
 
+    from .same_patient import evaluate_own_fold
+
     if MODEL_METHODS & set(methods) and (base_model is None or dino is None):
         raise InputError(f"methods {sorted(MODEL_METHODS & set(methods))} need the model's base model and DINOv2")
+    check_methods(methods, settings.mode)
+    same_patient = settings.mode == "same-patient"
     run, model, loaded, done = Run(), None, None, 0
-    total = sum(len(plan.queries) for plan in plans) * len(methods) * len(organ_names)
+    total = sum(len(plan.queries) + same_patient for plan in plans) * len(methods) * len(organ_names)
     start = time.perf_counter()
     for plan in plans:
         support = patient_data(plan.support, settings.recipe, settings.size)
@@ -202,13 +241,18 @@ def evaluate_folds(plans: list[FoldPlan], methods: list[str], organ_names: list[
             nonlocal done
             done += 1
             report(progress, done, total)
-            if query.id == plan.queries[0].id:
+            if query.id == (plan.support if same_patient else plan.queries[0]).id:
                 overlay = _overlay(f"fold{plan.fold}_{method}_{name}.png", support, query, run.organs[name],
                                    case, settings.shots)
                 run.overlays += [] if overlay is None else [overlay]
 
-        evaluate_fold(_predictors(settings, methods, model, run.timers), support, queries, run.organs, plan.fold,
-                      settings.shots, settings.k_shot, settings.query_range, on_case, run.results)
+        predictors = _predictors(settings, methods, model, run.timers)
+        if same_patient:
+            evaluate_own_fold(predictors, [support, *queries], run.organs, plan.fold, settings.shots,
+                              settings.query_range, on_case, run.results)
+        else:
+            evaluate_fold(predictors, support, queries, run.organs, plan.fold, settings.shots, settings.k_shot,
+                          settings.query_range, on_case, run.results)
     run.seconds = time.perf_counter() - start
     return run
 
@@ -244,8 +288,9 @@ def _write_text(path: Path, text: str) -> None:
 def row_labels(settings: EvaluationSettings, methods: list[str]) -> dict[str, str]:
     """Table row of each method: the settings' label for the model, descriptive names for the baselines."""
     features = {"vae": "VAE latents", "dino": "DINOv2 tokens"}[settings.prototype_features]
-    names = {"sdfsmis": settings.label, "copy": "Copy nearest support",
-             "prototype": f"Prototype (PANet, frozen {features})"}
+    names = {"sdfsmis": settings.label, "copy": "Copy nearest support" if settings.mode == "cross-patient"
+             else "Copy nearest annotated slice", "prototype": f"Prototype (PANet, frozen {features})",
+             "fill-between": "Fill between slices (3D Slicer)"}
     return {method: names[method] for method in methods}
 
 
@@ -258,7 +303,8 @@ def write_reports(out: Path, plans: list[FoldPlan], methods: list[str], run: Run
     labels = row_labels(settings, methods)
     by_label = {labels[method]: run.results[method] for method in methods}
     record = {
-        "command": command, "versions": versions(), "setting": settings.setting, "k_shot": settings.k_shot,
+        "command": command, "versions": versions(), "mode": settings.mode, "setting": settings.setting,
+        "k_shot": settings.k_shot,
         "query_range": settings.query_range,
         "dataset": settings.dataset, "organs": run.organs, "methods": labels,
         "folds": [{"fold": plan.fold, "support": plan.support.id, "queries": [q.id for q in plan.queries],
