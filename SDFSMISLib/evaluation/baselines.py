@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..model.config import DINO_INPUT_SIZE
 from ..errors import InputError
+from .contour_interpolation import interpolate, require_itk
 from ..model.visual_condition import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
@@ -181,13 +182,7 @@ def fill_between_slices(shape: tuple[int, ...], annotated_slices: np.ndarray,
     images", 2008), with its defaults, from the ``itk-morphologicalcontourinterpolation`` package: an
     evaluation extra, not a dependency of the module.
     """
-    try:
-        import itk
-    except ImportError as error:
-        raise InputError("the fill-between baseline needs ITK's contour interpolation: pip install "
-                         "'SDFSMISLib[evaluation]' (itk-morphologicalcontourinterpolation), or leave out "
-                         "fill-between") from error
+    require_itk()
     volume = np.zeros(shape, dtype=np.uint8)
     volume[np.asarray(annotated_slices)] = np.asarray(annotated_masks, dtype=bool)
-    interpolated = itk.morphological_contour_interpolator(itk.image_from_array(volume))
-    return itk.array_from_image(interpolated).astype(bool)
+    return interpolate(volume).astype(bool)

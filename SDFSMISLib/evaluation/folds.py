@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..progress import ProgressCallback, report
+from .contour_interpolation import require_itk
 
 if TYPE_CHECKING:
     from ..data.datasets import Patient
@@ -207,6 +208,8 @@ def check_methods(methods: Sequence[str], mode: str) -> None:
     if mode == "cross-patient" and SAME_PATIENT_ONLY & set(methods):
         raise InputError(f"{', '.join(sorted(SAME_PATIENT_ONLY & set(methods)))} interpolates between a patient's "
                          "own annotated slices: use it with --mode same-patient")
+    if SAME_PATIENT_ONLY & set(methods):
+        require_itk()
 
 
 def evaluate_folds(plans: list[FoldPlan], methods: list[str], organ_names: list[str], settings: EvaluationSettings,
