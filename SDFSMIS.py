@@ -7,8 +7,8 @@ PyTorch: it is installed on first use, through the PyTorch extension.
 
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
-from Testing.slicer_self_test import SDFSMISTest  # noqa: F401 - Slicer looks the test class up by name here
 from SDFSMISLib.slicer.widget import SDFSMISWidget  # noqa: F401 - and the widget class
+from Testing.slicer_self_test import SDFSMISTest  # noqa: F401 - Slicer looks the test class up by name here
 
 CITATION = ("SD-FSMIS: Adapting Stable Diffusion for Few-Shot Medical Image Segmentation "
             "(method and released code: github.com/LeeX-Bruce/SD-FSMIS).")

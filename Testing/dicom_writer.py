@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from SDFSMISLib import __version__
-from SDFSMISLib.io.atomic import atomic_output
 from SDFSMISLib.errors import InputError
+from SDFSMISLib.io.atomic import atomic_output
 from SDFSMISLib.io.volumes import Volume
 
 MODALITIES = {"CT": CTImageStorage, "MR": MRImageStorage}

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import slicer
 
-from SDFSMISLib.slicer import mrml_bridge as bridge
-from SDFSMISLib.data.phantom import bundled_phantoms
 from SDFSMISLib.cli.inference import DEMO_SHOTS
+from SDFSMISLib.data.phantom import bundled_phantoms
+from SDFSMISLib.evaluation.metrics import dice
 from SDFSMISLib.evaluation.protocol import protocol_support_mask
 from SDFSMISLib.io.labels import structure
-from SDFSMISLib.evaluation.metrics import dice
-from SDFSMISLib.slicer.logic import QUERY_SLICES_ATTRIBUTE, OverwriteRequired, RunRequest, SDFSMISLogic
 from SDFSMISLib.io.volumes import Volume, read_volume, slice_axis_nearest_si
+from SDFSMISLib.slicer import mrml_bridge as bridge
+from SDFSMISLib.slicer.logic import QUERY_SLICES_ATTRIBUTE, OverwriteRequired, RunRequest, SDFSMISLogic
 
 SUPPORT_ID, QUERY_ID = 101, 102
 #: Right kidney: the smallest organ of the phantoms (fewest slices), so the check is quick on a CPU.

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lib.profiling import environment
+from lib.propagation_benchmark import Switches, Workload, foreground_maps, phantom_workload, switched
 
 from SDFSMISLib.model.config import preset
-from lib.propagation_benchmark import Switches, Workload, foreground_maps, phantom_workload, switched
 from SDFSMISLib.model.network import SDFSMISNet
-from lib.profiling import environment
 
 
 def time_volume(model: SDFSMISNet, workload: Workload, switches: Switches, repeats: int = 3) -> dict[str, Any]:

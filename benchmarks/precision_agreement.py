@@ -13,9 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
+from lib.precision_agreement import markdown, precision_agreement
+
 from SDFSMISLib.data.phantom import bundled_phantoms
 from SDFSMISLib.weights.model_files import chosen_model
-from lib.precision_agreement import markdown, precision_agreement
 
 
 def main() -> int:

@@ -12,12 +12,19 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import InputError
-from ..evaluation.folds import (METHODS, MODEL_METHODS, MODES, EvaluationSettings, check_methods, evaluate_folds,
-                                plan_folds, write_reports)
+from ..evaluation.folds import (
+    METHODS,
+    MODEL_METHODS,
+    MODES,
+    EvaluationSettings,
+    check_methods,
+    evaluate_folds,
+    plan_folds,
+    write_reports,
+)
 from ..io.labels import PAPER_ORDER
 from ..progress import progress_bar
 from .training import CommandFactory, int_list
-
 
 DEFAULT_METHODS = {"cross-patient": "sdfsmis,copy,prototype", "same-patient": "sdfsmis,copy,fill-between"}
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .training import CommandFactory
 from ..errors import InputError
 from ..io.labels import DATASET_LABELS, DEFAULT_DATASET
 from ..io.segmentation_files import OUTPUT_SUFFIXES, check_output_path, read_segmentation, write_labelmap
+from .training import CommandFactory
 
 
 def _command_export(args: argparse.Namespace) -> None:

@@ -16,22 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .training import CommandFactory, int_list
 from ..devices import DTYPES
 from ..errors import InputError
-from ..progress import progress_bar
 from ..io.labels import DATASET_LABELS, DEFAULT_DATASET, Structure, structure
 from ..io.segmentation_files import OUTPUT_SUFFIXES, check_output_path, describe, read_segmentation, write_labelmap
 from ..io.volumes import Volume, read_dicom_series, read_volume
+from ..progress import progress_bar
+from .training import CommandFactory, int_list
 
 DEMO_OUT = Path("sdfsmis-demo")
 DEMO_SHOTS = 3
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202 - SDFSMISNet, imported lazily with torch
-    from ..weights.model_files import chosen_model
     from ..devices import describe_device
     from ..weights.loading import load_model
+    from ..weights.model_files import chosen_model
 
     model = load_model(chosen_model(args.checkpoint, args.base_model, args.dino), args.device, args.dtype)
     print(f"model: {model.config.image_size} px network on {describe_device(model.device)}, "
@@ -121,8 +121,8 @@ def _command_segment(args: argparse.Namespace) -> None:
     structures = describe(sorted(result.plans), known, args.label_names)
     _report(result, structures)
     if series is not None:  # first: when the SEG is refused (an empty result), nothing is written
-        from ..weights.model_files import chosen_model
         from ..io.dicom_seg import write_dicom_seg
+        from ..weights.model_files import chosen_model
 
         checkpoint = chosen_model(args.checkpoint, args.base_model, args.dino).checkpoint
         written = write_dicom_seg(result.labelmap, series, args.out_dicom_seg, structures,
@@ -134,8 +134,8 @@ def _command_segment(args: argparse.Namespace) -> None:
 
 
 def _demo_patients(folder: Path | None):  # noqa: ANN202 - tuple of Patient
-    from ..data.phantom import bundled_phantoms
     from ..data.datasets import scan_folder
+    from ..data.phantom import bundled_phantoms
 
     patients = [patient for patient in scan_folder(folder or bundled_phantoms()) if patient.label is not None]
     if len(patients) < 2:
@@ -159,8 +159,8 @@ def _overlay(path: Path, result, truth_model: np.ndarray, organ: int) -> Path:  
 
 def _command_demo(args: argparse.Namespace) -> None:
     from ..evaluation.metrics import dice
-    from ..inference.options import PropagationOptions
     from ..evaluation.protocol import protocol_support_mask
+    from ..inference.options import PropagationOptions
 
     started = time.perf_counter()
     support_patient, query_patient = _demo_patients(args.phantoms)

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
+from ..devices import PRECISIONS, torch_dtype
+from ..errors import InputError
 from .evaluation import register_evaluation_commands
 from .export import register_export_commands
 from .inference import register_inference_commands
 from .training import register_training_commands
-from ..devices import PRECISIONS, torch_dtype
-from ..errors import InputError
 
 #: PyTorch backs CPU tensors of 2 MB and more with transparent huge pages when this is set before its first CPU
 #: allocation (it reads the variable once): prediction at full size allocates hundreds of megabytes per layer,
@@ -28,23 +28,13 @@ from ..errors import InputError
 #: Slicer the variable would reach every extension and child process.
 HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 
-_torch_loaded_first: bool | None = None
-
-
-def request_huge_pages() -> None:
+def request_huge_pages() -> bool:
     """Ask PyTorch for huge pages, as a default the environment can refuse (``THP_MEM_ALLOC_ENABLE=0``).
 
-    Takes effect only before torch is first imported in this process (:func:`torch_loaded_first`).
+    Returns whether torch was already loaded, in which case the request comes too late to take effect.
     """
-    global _torch_loaded_first
-    _torch_loaded_first = "torch" in sys.modules
     os.environ.setdefault(HUGE_PAGES_VARIABLE, "1")
-
-
-def torch_loaded_first() -> bool | None:
-    """Whether torch was loaded before :func:`request_huge_pages` (then the request had no effect); ``None``
-    when it was not called."""
-    return _torch_loaded_first
+    return "torch" in sys.modules
 
 
 def _command_info(args: argparse.Namespace) -> None:

@@ -54,8 +54,8 @@ def _command_tiny_base(args: argparse.Namespace) -> None:
     import torch
     from diffusers import AutoencoderKL
 
-    from ..model.config import preset
     from ..data.datasets import scan_folder
+    from ..model.config import preset
     from ..training.tiny_base import pretrain_vae, write_tiny_base
 
     config = preset("tiny")
@@ -89,13 +89,13 @@ def _validation_patients(args: argparse.Namespace, test: list) -> tuple:  # noqa
 def _command_train(args: argparse.Namespace) -> None:
     from accelerate import PartialState
 
-    from ..weights.base_model import load_base_model
-    from ..weights.checkpoint import load_checkpoint
     from ..data.datasets import fold_split, scan_folder
     from ..evaluation.runner import patient_data
     from ..io.labels import DATASET_LABELS, DEFAULT_DATASET, structure
     from ..training.trainer import TrainingOptions, train
     from ..training.volumes import protocol_validator
+    from ..weights.base_model import load_base_model
+    from ..weights.checkpoint import load_checkpoint
 
     patients = scan_folder(args.data, args.supervoxels)
     if args.fold is not None:

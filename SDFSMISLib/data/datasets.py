@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .preprocessing import Preprocessed, preprocess
 from ..io.volumes import read_volume
+from .preprocessing import Preprocessed, preprocess
 
 FOLD_COUNT = 5
 SETTING2_RULES = ("or", "and")

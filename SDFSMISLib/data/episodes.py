@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .augmentation import augment_pair
 from ..errors import InputError
+from .augmentation import augment_pair
 
 _PAIRINGS = ("adjacent", "same-slice")
 _AUGMENTS = ("support-or-query", "support", "query", "both", "none")

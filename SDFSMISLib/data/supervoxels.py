@@ -41,9 +41,9 @@ from scipy import ndimage
 from skimage.util import img_as_float64
 
 from ..errors import InputError
-from ..progress import ProgressCallback, report
 from ..inference.postprocess import largest_component_per_slice
 from ..io.volumes import read_volume, write_volume
+from ..progress import ProgressCallback, report
 
 ADNET_SCALE = 1.0
 ADNET_MIN_SIZE = 5000

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model.config import DINO_INPUT_SIZE
 from ..errors import InputError
-from .contour_interpolation import interpolate, require_itk
+from ..model.config import DINO_INPUT_SIZE
 from ..model.visual_condition import IMAGENET_MEAN, IMAGENET_STD
+from .contour_interpolation import interpolate, require_itk
 
 if TYPE_CHECKING:
     from ..model.network import SDFSMISNet

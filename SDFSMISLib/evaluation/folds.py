@@ -80,7 +80,8 @@ class EvaluationSettings:
 
 @dataclass(frozen=True)
 class FoldPlan:
-    """One test fold: its support and query patients and the checkpoint of the model tested on it."""
+    """One test fold: its support and query patients and the checkpoint of the model tested on it (in the
+    same-patient mode every patient is its own support: ``support`` is just the first of them)."""
 
     fold: int
     support: Patient
@@ -142,15 +143,22 @@ def plan_folds(data: Path, folds: Sequence[int], settings: EvaluationSettings, p
         raise InputError("--k-shot feeds another patient's supports as one set; the same-patient mode predicts "
                          "each slice from its nearest annotated slice: leave out --k-shot")
     patients = scan_folder(data)
-    plans = []
+    plans, scored = [], set()
     for fold in dict.fromkeys(folds):
         test = fold_split(patients, fold, settings.dataset)[1]
         unlabelled = [patient.id for patient in test if patient.label is None]
         if unlabelled:
             raise InputError(f"{data}: patients {unlabelled} of fold {fold} have no label_<id> file; "
                              "evaluation needs the ground truth of every test patient")
-        support, queries = test_support_and_queries(test, settings.support_index)
-        plans.append(FoldPlan(fold, support, queries, fold_checkpoint(pattern, fold)))
+        checkpoint = fold_checkpoint(pattern, fold)
+        if settings.mode == "cross-patient":
+            plans.append(FoldPlan(fold, *test_support_and_queries(test, settings.support_index), checkpoint))
+            continue
+        # neighbouring CHAOS folds share a patient: with the same model it is scored once
+        test = [patient for patient in test if (patient.id, checkpoint) not in scored]
+        scored |= {(patient.id, checkpoint) for patient in test}
+        if test:
+            plans.append(FoldPlan(fold, test[0], test[1:], checkpoint))
     return plans
 
 
@@ -219,7 +227,6 @@ def evaluate_folds(plans: list[FoldPlan], methods: list[str], organ_names: list[
     from ..weights.loading import load_model
     from ..weights.model_files import ModelFiles
     from .runner import dataset_organs, evaluate_fold, patient_data
-
     from .same_patient import evaluate_own_fold
 
     if MODEL_METHODS & set(methods) and (base_model is None or dino is None):
@@ -310,8 +317,10 @@ def write_reports(out: Path, plans: list[FoldPlan], methods: list[str], run: Run
         "k_shot": settings.k_shot,
         "query_range": settings.query_range,
         "dataset": settings.dataset, "organs": run.organs, "methods": labels,
-        "folds": [{"fold": plan.fold, "support": plan.support.id, "queries": [q.id for q in plan.queries],
-                   "checkpoint": plan.checkpoint} for plan in plans],
+        "folds": [{"fold": plan.fold, "checkpoint": plan.checkpoint,
+                   **({"support": plan.support.id, "queries": [q.id for q in plan.queries]}
+                      if settings.mode == "cross-patient" else
+                      {"patients": [p.id for p in (plan.support, *plan.queries)]})} for plan in plans],
         "runtime": {"total_s": run.seconds, **{method: {"predict_s": timer.seconds, "slices": timer.slices}
                                                for method, timer in run.timers.items()}},
         "summary": summarize(run.results), "cases": run.results,

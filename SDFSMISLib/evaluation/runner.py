@@ -21,16 +21,16 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .baselines import FeaturesFn, copy_nearest_support, prototype_matcher
 from ..data.datasets import Patient, load_patient
 from ..errors import InputError
-from ..io.labels import organ_ids
-from .metrics import organ_metrics
-from ..model.network import SDFSMISNet
 from ..inference.postprocess import Threshold
-from .protocol import labelled_slices, query_chunks, support_slice_indices
 from ..inference.query_range import evaluation_query_slices, range_agreement
 from ..inference.slice_prediction import segment_slices
+from ..io.labels import organ_ids
+from ..model.network import SDFSMISNet
+from .baselines import FeaturesFn, copy_nearest_support, prototype_matcher
+from .metrics import organ_metrics
+from .protocol import labelled_slices, query_chunks, support_slice_indices
 
 #: ``(query_images [N,H,W], support_images [K,H,W], support_masks [K,H,W], assignment [N] or None) -> masks``
 Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]

@@ -48,16 +48,17 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..data.preprocessing import Preprocessed, preprocess
 from ..errors import InputError
 from ..io.grid_placement import place_on_grid
-from ..model.network import SDFSMISNet
-from ..data.preprocessing import Preprocessed, preprocess
-from .support_assignment import nearest_support_assignment, relative_positions
-from .query_range import estimate_query_slices, mask_widths_mm, support_extent, trim_collapsed_ends
-from .slice_prediction import encode_queries, masks_by_chunk, predict_foreground_maps
 from ..io.volumes import Volume, slice_axis_nearest_si
+from ..model.network import SDFSMISNet
 from ..progress import ProgressCallback
 from .options import LabelPlan, Placement, PropagationOptions, PropagationResult, Supports
+from .query_range import estimate_query_slices, mask_widths_mm, support_extent, trim_collapsed_ends
+from .slice_prediction import encode_queries, masks_by_chunk, predict_foreground_maps
+from .support_assignment import nearest_support_assignment, relative_positions
+
 
 def propagate(model: SDFSMISNet, query: Volume, support_mask: Volume, support: Volume | None = None,
               options: PropagationOptions = PropagationOptions(), progress: ProgressCallback | None = None,

@@ -50,10 +50,10 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import InputError
 from ..data.preprocessing import Preprocessed
-from ..io.volumes import slice_heights
 from ..data.supervoxels import foreground_mask
+from ..errors import InputError
+from ..io.volumes import slice_heights
 
 #: A slice belongs to the body's extent when the body covers this share of its largest cross-section.
 BODY_MIN_FRACTION = 0.1

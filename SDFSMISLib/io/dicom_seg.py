@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..errors import InputError
 from .atomic import atomic_output
 from .dicom_series import DicomSeries, read_series
-from ..errors import InputError
 from .grid_placement import place_on_grid
 from .labels import DEFAULT_DATASET, Structure
 from .segmentation_files import as_labels, describe, present_labels

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_output, full_suffix
 from ..errors import InputError
+from .atomic import atomic_output, full_suffix
 from .labels import DEFAULT_DATASET, STRUCTURES, TISSUE, Code, Structure, check_dataset, structure
 from .volumes import Volume, read_volume, write_volume
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_output, full_suffix
 from ..errors import InputError
+from .atomic import atomic_output, full_suffix
 
 FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 SUPPORTED = f"a {', '.join(FILE_SUFFIXES)} file or a folder holding one DICOM series"

@@ -17,8 +17,8 @@ import importlib
 import importlib.metadata
 from pathlib import Path
 
-from ..resources import RESOURCES
 from ..errors import InputError
+from ..resources import RESOURCES
 
 REQUIREMENTS_FILE = RESOURCES / "requirements.txt"
 #: The PyTorch version SDFSMISLib needs (pyproject.toml's ``torch`` requirement; a test checks they agree).

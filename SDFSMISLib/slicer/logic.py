@@ -34,16 +34,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import vtk
 
-from . import mrml_bridge as bridge
-from ..io.atomic import atomic_output
 from ..errors import InputError
 from ..inference.postprocess import Threshold
+from ..io.atomic import atomic_output
+from ..io.volumes import Volume, slice_axis_nearest_si, slice_centres, slice_heights
 from ..progress import Cancelled
 from ..weights.model_files import chosen_model
-from .run_request import (RANGE_MODES, OverwriteRequired, PreparedRun, RunRequest, RunSummary, SegmentAnnotation)
+from . import mrml_bridge as bridge
+from .run_request import RANGE_MODES, OverwriteRequired, PreparedRun, RunRequest, RunSummary, SegmentAnnotation
 from .scene import dicom_source_files, local_to_world, place_in_study
 from .worker import CANCELLED, FAILED, FINISHED, JobHandle, ModelRequest, PropagationJob, PropagationWorker
-from ..io.volumes import Volume, slice_axis_nearest_si, slice_centres, slice_heights
 
 if TYPE_CHECKING:  # query_range needs numba (via supervoxels), which Slicer installs only on first use
     from ..inference.query_range import RangeRequest

@@ -27,8 +27,8 @@ from slicer.util import VTKObservationMixin
 
 from ..errors import InputError
 from .dependencies import ensure_dependencies
-from .model_section import MODEL_PATH_WIDGETS, ModelSection
 from .logic import RANGE_MODES, OverwriteRequired, RunRequest, SDFSMISLogic, compact_ranges
+from .model_section import MODEL_PATH_WIDGETS, ModelSection
 from .parameters import SDFSMISParameterNode
 from .worker import CANCELLED, FINISHED
 

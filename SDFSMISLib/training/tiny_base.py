@@ -25,10 +25,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch.utils.data import DataLoader, Dataset
 from transformers import Dinov2Config, Dinov2Model
 
-from ..model import vae_codec as codec
-from ..progress import ProgressCallback, report
 from ..io.atomic import atomic_folder
+from ..model import vae_codec as codec
 from ..model.config import SDFSMISConfig
+from ..progress import ProgressCallback, report
 
 KL_WEIGHT = 1e-6
 

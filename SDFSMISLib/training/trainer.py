@@ -32,10 +32,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..devices import torch_dtype
-from ..progress import Cancelled, ProgressCallback, report
-from ..weights.checkpoint import save_checkpoint
 from ..errors import InputError
 from ..model.network import SDFSMISNet
+from ..progress import Cancelled, ProgressCallback, report
+from ..weights.checkpoint import save_checkpoint
 
 STATE_FOLDER = "state"
 PROGRESS_FILE = "progress.json"

@@ -16,9 +16,9 @@ import numpy as np
 from ..data.datasets import Patient, load_labelmap, load_patient, remove_classes, setting2_keep_slices
 from ..data.episodes import TrainingVolume
 from ..errors import InputError
-from ..progress import ProgressCallback, report
 from ..evaluation.runner import PatientData, evaluate_organ, model_predictor
 from ..model.network import SDFSMISNet
+from ..progress import ProgressCallback, report
 from .trainer import Validator
 
 LabelSource = Literal["pseudo", "ground-truth"]

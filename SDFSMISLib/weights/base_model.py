@@ -19,10 +19,10 @@ from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, con
 from safetensors import SafetensorError
 from transformers import Dinov2Config, Dinov2Model
 
-from ..model.config import DINOV2_ARCHITECTURE_KEYS, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SDFSMISConfig
-from .download import OFFLINE_INSTRUCTIONS
 from ..errors import WeightsError
+from ..model.config import DINOV2_ARCHITECTURE_KEYS, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SDFSMISConfig
 from ..model.network import SDFSMISNet
+from .download import OFFLINE_INSTRUCTIONS
 from .files import first_existing, load_strict, read_tensors
 from .model_files import DINO_WEIGHT_NAMES, TORCH_SUFFIXES
 

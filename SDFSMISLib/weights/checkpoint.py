@@ -24,11 +24,11 @@ from safetensors.torch import save_file
 from transformers import Dinov2Model
 
 from .. import __version__
-from ..io.atomic import atomic_output
-from .base_model import dinov2_config, load_dinov2, load_vae, stable_diffusion_configs
-from ..model.config import SDFSMISConfig
 from ..errors import WeightsError
+from ..io.atomic import atomic_output
+from ..model.config import SDFSMISConfig
 from ..model.network import SDFSMISNet
+from .base_model import dinov2_config, load_dinov2, load_vae, stable_diffusion_configs
 from .files import load_strict, read_tensors
 
 FORMAT = "sdfsmis-checkpoint"

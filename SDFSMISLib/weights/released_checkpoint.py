@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from ..errors import WeightsError
+from ..model.config import SDFSMISConfig
+from ..model.network import SDFSMISNet
 from .base_model import dinov2_config, stable_diffusion_configs
 from .checkpoint import assemble_network
-from ..model.config import SDFSMISConfig
-from ..errors import WeightsError
-from ..model.network import SDFSMISNet
 from .files import first_existing, read_tensors
 
 _WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")

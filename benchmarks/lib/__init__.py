@@ -7,4 +7,5 @@ loads (:func:`SDFSMISLib.cli.main.request_huge_pages`), so it measures what user
 
 from SDFSMISLib.cli.main import request_huge_pages
 
-request_huge_pages()
+#: Whether torch was loaded before the request (then it had no effect); the reports record it.
+TORCH_LOADED_FIRST = request_huge_pages()

@@ -17,18 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from SDFSMISLib.weights.model_files import ModelFiles
+from lib.profiling import silent
+from lib.propagation_benchmark import AGREEMENT_DICE
 from SDFSMISLib.data.datasets import scan_folder
 from SDFSMISLib.errors import InputError
-from lib.propagation_benchmark import AGREEMENT_DICE
-from SDFSMISLib.io.labels import structure
 from SDFSMISLib.evaluation.metrics import dice
-from lib.profiling import silent
+from SDFSMISLib.evaluation.protocol import protocol_support_mask
 from SDFSMISLib.inference.options import PropagationOptions
 from SDFSMISLib.inference.propagation import propagate
-from SDFSMISLib.weights.loading import load_model
-from SDFSMISLib.evaluation.protocol import protocol_support_mask
+from SDFSMISLib.io.labels import structure
 from SDFSMISLib.io.volumes import read_volume
+from SDFSMISLib.weights.loading import load_model
+from SDFSMISLib.weights.model_files import ModelFiles
 
 
 def precision_agreement(folder: Path, files: ModelFiles | None = None, half: str = "bfloat16", device: str = "cpu",

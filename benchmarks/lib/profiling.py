@@ -25,12 +25,14 @@ from typing import Any, Callable, Iterator
 import psutil
 import torch
 
-from SDFSMISLib.cli.main import HUGE_PAGES_VARIABLE, torch_loaded_first
-from SDFSMISLib.model.config import preset
+from SDFSMISLib.cli.main import HUGE_PAGES_VARIABLE
 from SDFSMISLib.devices import dtype_name
-from SDFSMISLib.model.network import SDFSMISNet
 from SDFSMISLib.inference.slice_prediction import predict_foreground_maps
+from SDFSMISLib.model.config import preset
+from SDFSMISLib.model.network import SDFSMISNet
 from SDFSMISLib.model.support_injection import CONTEXT_KEY, SupportMode
+
+from . import TORCH_LOADED_FIRST
 
 GIB = 2**30
 
@@ -175,7 +177,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     info = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "cores": psutil.cpu_count(logical=False),
             "huge_pages_requested": os.environ.get(HUGE_PAGES_VARIABLE, "0") not in ("", "0"),
-            "torch_loaded_before_huge_pages_request": torch_loaded_first()}
+            "torch_loaded_before_huge_pages_request": TORCH_LOADED_FIRST}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

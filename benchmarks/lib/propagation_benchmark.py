@@ -50,17 +50,17 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from SDFSMISLib.model.config import preset
+from lib.profiling import PeakMemory, environment, matmul_gflops, silent, stage_timer, synchronize
+from lib.winograd import set_winograd, winograd_applies
+from SDFSMISLib.data.phantom import CHAOS_SPACING, LABEL_IDS, generate_phantom
 from SDFSMISLib.devices import auto_batch_size, dtype_name, inference_memory_format, resolve_device, resolve_dtype
 from SDFSMISLib.errors import InputError
 from SDFSMISLib.evaluation.metrics import dice
-from SDFSMISLib.model.network import SDFSMISNet
-from SDFSMISLib.data.phantom import CHAOS_SPACING, LABEL_IDS, generate_phantom
-from lib.profiling import PeakMemory, environment, matmul_gflops, silent, stage_timer, synchronize
 from SDFSMISLib.evaluation.protocol import query_chunks, support_slice_indices
 from SDFSMISLib.inference.slice_prediction import masks_by_chunk, predict_foreground_maps
+from SDFSMISLib.model.config import preset
+from SDFSMISLib.model.network import SDFSMISNet
 from SDFSMISLib.model.support_injection import AttentionKernel, set_attention_kernel
-from lib.winograd import set_winograd, winograd_applies
 
 #: Masks of two paths "agree" from this Dice on (the issue's acceptance level).
 AGREEMENT_DICE = 0.999

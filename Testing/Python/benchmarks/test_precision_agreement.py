@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from lib.precision_agreement import markdown, precision_agreement
 
 from SDFSMISLib.data.phantom import bundled_phantoms
 from SDFSMISLib.errors import InputError
-from lib.precision_agreement import markdown, precision_agreement
 
 
 def test_bfloat16_masks_are_compared_with_float32_per_organ() -> None:

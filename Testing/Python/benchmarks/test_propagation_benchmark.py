@@ -12,22 +12,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from lib import propagation_benchmark
-from lib import winograd
-from SDFSMISLib.model.config import preset
-from lib.propagation_benchmark import (AGREEMENT_DICE, NAIVE, OPTIMISED, PathRun, Workload,
-                                            benchmark_propagation, compare, counts_flops, foreground_maps,
-                                            markdown_table, phantom_workload, plan_paths, run_path, warmup_counts,
-                                            write_report)
-from SDFSMISLib.model.network import SDFSMISNet
+from conftest import IMAGE_SIZE
+from lib import propagation_benchmark, winograd
 from lib.command import run
 from lib.profiling import matmul_gflops, stage_timer
-from SDFSMISLib.inference.slice_prediction import predict_foreground_maps
-from SDFSMISLib.model.support_injection import SupportInjectionProcessor
+from lib.propagation_benchmark import (
+    AGREEMENT_DICE,
+    NAIVE,
+    OPTIMISED,
+    PathRun,
+    Workload,
+    benchmark_propagation,
+    compare,
+    counts_flops,
+    foreground_maps,
+    markdown_table,
+    phantom_workload,
+    plan_paths,
+    run_path,
+    warmup_counts,
+    write_report,
+)
 from lib.winograd import winograd_enabled
 
-from conftest import IMAGE_SIZE
+from SDFSMISLib.inference.slice_prediction import predict_foreground_maps
+from SDFSMISLib.model.config import preset
+from SDFSMISLib.model.network import SDFSMISNet
+from SDFSMISLib.model.support_injection import SupportInjectionProcessor
 
 SLICES = 4
 

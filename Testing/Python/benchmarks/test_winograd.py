@@ -9,11 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.models.resnet import ResnetBlock2D
-from torch import nn
-
 from lib import winograd
-from lib.winograd import (WinogradForward, is_eligible, set_winograd, transform_weight, winograd_conv2d,
-                                 winograd_enabled)
+from lib.winograd import WinogradForward, is_eligible, set_winograd, transform_weight, winograd_conv2d, winograd_enabled
+from torch import nn
 
 #: float32 Winograd against a float64 reference; oneDNN's direct convolution is about 1e-6 here.
 RELATIVE_ERROR = 2e-5

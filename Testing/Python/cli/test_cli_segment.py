@@ -9,13 +9,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SDFSMISLib.weights.base_model import load_base_model
-from SDFSMISLib.weights.checkpoint import save_checkpoint
 from SDFSMISLib.cli.main import main
-from SDFSMISLib.evaluation.protocol import protocol_support_mask
 from SDFSMISLib.data.phantom import CHAOS_DIRECTION, generate_phantom
+from SDFSMISLib.evaluation.protocol import protocol_support_mask
 from SDFSMISLib.io.segmentation_files import read_labelmap, segmentation_metadata
 from SDFSMISLib.io.volumes import Volume, read_volume, write_volume
+from SDFSMISLib.weights.base_model import load_base_model
+from SDFSMISLib.weights.checkpoint import save_checkpoint
 
 SIZE = 64
 

@@ -6,15 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHAOS
 
-from SDFSMISLib.data.datasets import (FOLDS, Patient, fold_indices, fold_split, load_patient, remove_classes,
-                                      scan_folder, setting2_keep_slices)
+from SDFSMISLib.data.datasets import (
+    FOLDS,
+    Patient,
+    fold_indices,
+    fold_split,
+    load_patient,
+    remove_classes,
+    scan_folder,
+    setting2_keep_slices,
+)
 from SDFSMISLib.errors import InputError
 from SDFSMISLib.evaluation.protocol import test_support_and_queries
 from SDFSMISLib.io.volumes import Volume, write_volume
-
-from conftest import CHAOS
-
 
 # The published sets, written out as in method-notes ("Data and protocol").
 CHAOS_FOLDS = [{0, 1, 2, 3, 4}, {4, 5, 6, 7, 8}, {8, 9, 10, 11, 12}, {12, 13, 14, 15, 16}, {16, 17, 18, 19, 0}]

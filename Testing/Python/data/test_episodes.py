@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from SDFSMISLib.data.augmentation import (RPT, Affine, AugmentationRecipe, affine_matrix, augment_pair,
-                                     elastic_displacement, gamma_transform, sampling_coordinates, warp)
+from SDFSMISLib.data.augmentation import (
+    RPT,
+    Affine,
+    AugmentationRecipe,
+    affine_matrix,
+    augment_pair,
+    elastic_displacement,
+    gamma_transform,
+    sampling_coordinates,
+    warp,
+)
 from SDFSMISLib.data.episodes import EpisodeDataset, EpisodeOptions, TrainingVolume, label_pixel_counts
 from SDFSMISLib.errors import InputError
 

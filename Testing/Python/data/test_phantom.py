@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SDFSMISLib.errors import InputError
-from SDFSMISLib.data.phantom import (CHAOS_DIRECTION, LABEL_IDS, dataset_grid, generate_phantom, patient_seed,
-                                     write_phantom_dataset)
+from SDFSMISLib.data.phantom import (
+    CHAOS_DIRECTION,
+    LABEL_IDS,
+    dataset_grid,
+    generate_phantom,
+    patient_seed,
+    write_phantom_dataset,
+)
 from SDFSMISLib.data.phantom_anatomy import CT_WINDOW
+from SDFSMISLib.errors import InputError
 from SDFSMISLib.io.volumes import Volume
 
 # A coarse grid with the field of view of the real data (about 336 x 336 x 256 mm): fast, same anatomy.

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from SDFSMISLib.errors import InputError
 from SDFSMISLib.data.preprocessing import preprocess
+from SDFSMISLib.errors import InputError
 from SDFSMISLib.io.volumes import Volume
 
 SHAPE = (18, 40, 50)  # [K, J, I]

@@ -12,8 +12,8 @@ from scipy import ndimage
 from skimage.segmentation import felzenszwalb
 
 from SDFSMISLib.data import supervoxels as supervoxels_module
-from SDFSMISLib.errors import InputError
 from SDFSMISLib.data.supervoxels import felzenszwalb_3d, foreground_mask, generate_pseudolabels, supervoxels
+from SDFSMISLib.errors import InputError
 from SDFSMISLib.io.volumes import Volume, read_volume, write_volume
 
 

@@ -10,17 +10,17 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SDFSMISLib.weights import loading
-from SDFSMISLib.weights.base_model import load_base_model
-from SDFSMISLib.evaluation.baselines import copy_nearest_support, dino_features, prototype_matcher, vae_features
-from SDFSMISLib.weights.model_files import ModelFiles
-from SDFSMISLib.weights.checkpoint import save_checkpoint
 from SDFSMISLib.cli.main import main
+from SDFSMISLib.data.phantom import generate_phantom
+from SDFSMISLib.evaluation.baselines import copy_nearest_support, dino_features, prototype_matcher, vae_features
 from SDFSMISLib.evaluation.runner import dataset_organs
 from SDFSMISLib.io.labels import organ_ids
-from SDFSMISLib.model.network import SDFSMISNet
-from SDFSMISLib.data.phantom import generate_phantom
 from SDFSMISLib.io.volumes import write_volume
+from SDFSMISLib.model.network import SDFSMISNet
+from SDFSMISLib.weights import loading
+from SDFSMISLib.weights.base_model import load_base_model
+from SDFSMISLib.weights.checkpoint import save_checkpoint
+from SDFSMISLib.weights.model_files import ModelFiles
 
 SIZE = 64
 PATIENTS = range(1, 11)  # 10 patients: folds of 3, so the RPT support index 2 exists

@@ -6,15 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from SDFSMISLib.evaluation import protocol
-from SDFSMISLib.inference import support_assignment
-from SDFSMISLib.evaluation.baselines import copy_nearest_support, prototype_matcher
-from SDFSMISLib.errors import InputError
-from SDFSMISLib.evaluation.metrics import dice
-
 from conftest import CHAOS
 
+from SDFSMISLib.errors import InputError
+from SDFSMISLib.evaluation import protocol
+from SDFSMISLib.evaluation.baselines import copy_nearest_support, prototype_matcher
+from SDFSMISLib.evaluation.metrics import dice
+from SDFSMISLib.inference import support_assignment
 
 
 def organ_on(slices: range, depth: int = 50, organ: int = 4) -> np.ndarray:

@@ -72,6 +72,12 @@ def test_same_patient_mode_end_to_end(tmp_path: Path, tiny_base: tuple[Path, Pat
     assert record["mode"] == "same-patient" and record["query_range"] == "estimated"
     assert set(record["methods"]) == {"sdfsmis", "copy", "fill-between"}  # the mode's default methods
     assert {case["patient"] for case in record["cases"]["fill-between"]["Liver"]} == {1, 2, 3}  # every fold patient
+    assert record["folds"][0]["patients"] == [1, 2, 3]
+    everyone = tmp_path / "all-folds"
+    assert main(["evaluate", "--data", str(data), "--out", str(everyone), "--size", str(SIZE), "--mode",
+                 "same-patient", "--methods", "copy", "--organs", "Liver"]) == 0
+    cases = json.loads((everyone / "results.json").read_text())["cases"]["copy"]["Liver"]
+    assert sorted(case["patient"] for case in cases) == list(range(1, 11))  # shared fold patients scored once
     assert "Fill between slices (3D Slicer)" in (out / "table.md").read_text()
 
 

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import random_images, square_mask
+
 from SDFSMISLib.inference.cancellation import cancel_inside
 from SDFSMISLib.inference.slice_prediction import predict_foreground_maps
 from SDFSMISLib.progress import Cancelled, CancelToken

@@ -6,22 +6,28 @@ import numpy as np
 import pytest
 import torch
 
-from SDFSMISLib.inference import propagation
-from SDFSMISLib.model.config import preset
+from SDFSMISLib.data.phantom import CHAOS_DIRECTION, generate_phantom
+from SDFSMISLib.data.preprocessing import preprocess
 from SDFSMISLib.devices import auto_batch_size, describe_device, is_out_of_memory, resolve_device, resolve_dtype
 from SDFSMISLib.errors import InputError
 from SDFSMISLib.evaluation.metrics import dice
-from SDFSMISLib.model.network import SDFSMISNet
-from SDFSMISLib.data.phantom import CHAOS_DIRECTION, generate_phantom
-from SDFSMISLib.data.preprocessing import preprocess
+from SDFSMISLib.evaluation.protocol import labelled_slices, query_chunks, support_slice_indices
+from SDFSMISLib.inference import propagation
 from SDFSMISLib.inference.options import PropagationOptions, Supports
 from SDFSMISLib.inference.propagation import MostProbableLabel, plan_propagation, propagate
-from SDFSMISLib.evaluation.protocol import labelled_slices, query_chunks, support_slice_indices
-from SDFSMISLib.inference.query_range import (RangeRequest, estimate_query_slices, map_extent, range_agreement,
-                                             support_extent, trim_collapsed_ends)
+from SDFSMISLib.inference.query_range import (
+    RangeRequest,
+    estimate_query_slices,
+    map_extent,
+    range_agreement,
+    support_extent,
+    trim_collapsed_ends,
+)
 from SDFSMISLib.inference.slice_prediction import run_in_batches
-from SDFSMISLib.progress import Cancelled
 from SDFSMISLib.io.volumes import Volume, slice_axis_nearest_si
+from SDFSMISLib.model.config import preset
+from SDFSMISLib.model.network import SDFSMISNet
+from SDFSMISLib.progress import Cancelled
 
 SIZE = 64
 LIVER, RIGHT_KIDNEY, LEFT_KIDNEY, SPLEEN = 1, 2, 3, 4

@@ -23,19 +23,19 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from SDFSMISLib import __version__
-from SDFSMISLib.weights.base_model import load_base_model
-from SDFSMISLib.weights.checkpoint import save_checkpoint
 from SDFSMISLib.cli.main import main
+from SDFSMISLib.data.phantom import CHAOS_DIRECTION, generate_phantom
+from SDFSMISLib.errors import InputError
 from SDFSMISLib.evaluation.protocol import protocol_support_mask
 from SDFSMISLib.io.dicom_seg import file_sha256, write_dicom_seg
 from SDFSMISLib.io.dicom_series import DicomSeries, read_series
-from Testing.dicom_writer import write_dicom_series
-from SDFSMISLib.errors import InputError
 from SDFSMISLib.io.grid_placement import place_on_grid
 from SDFSMISLib.io.labels import STRUCTURES, structure
-from SDFSMISLib.data.phantom import CHAOS_DIRECTION, generate_phantom
 from SDFSMISLib.io.segmentation_files import read_segmentation, write_labelmap
 from SDFSMISLib.io.volumes import Volume, read_dicom_series, read_volume, write_volume
+from SDFSMISLib.weights.base_model import load_base_model
+from SDFSMISLib.weights.checkpoint import save_checkpoint
+from Testing.dicom_writer import write_dicom_series
 
 SHAPE = (12, 64, 64)
 SPACING = (6.0, 6.0, 10.0)

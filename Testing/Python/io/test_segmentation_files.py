@@ -12,12 +12,17 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from SDFSMISLib.cli.main import main
+from SDFSMISLib.data.phantom import generate_phantom
 from SDFSMISLib.errors import InputError
 from SDFSMISLib.io.grid_placement import place_on_grid
 from SDFSMISLib.io.labels import STRUCTURES, structure
-from SDFSMISLib.data.phantom import generate_phantom
-from SDFSMISLib.io.segmentation_files import (label_table_paths, read_segmentation, segmentation_metadata,
-                                           write_labelmap, write_segmentation)
+from SDFSMISLib.io.segmentation_files import (
+    label_table_paths,
+    read_segmentation,
+    segmentation_metadata,
+    write_labelmap,
+    write_segmentation,
+)
 from SDFSMISLib.io.volumes import Volume, read_volume
 
 OBLIQUE = tuple(Rotation.from_euler("xyz", [10, 20, -30], degrees=True).as_matrix().ravel())

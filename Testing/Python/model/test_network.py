@@ -7,16 +7,15 @@ import math
 
 import pytest
 import torch
+from conftest import IMAGE_SIZE, random_images, square_mask
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from SDFSMISLib.model.config import preset
-from SDFSMISLib.model.network import SDFSMISNet, marigold_stem
 from SDFSMISLib.inference.postprocess import Threshold, binarize
 from SDFSMISLib.inference.slice_prediction import segment_slices
+from SDFSMISLib.model.config import preset
+from SDFSMISLib.model.network import SDFSMISNet, marigold_stem
 from SDFSMISLib.model.query_enhancement import query_prototype, support_prototypes
 from SDFSMISLib.model.support_injection import CONTEXT_KEY
-
-from conftest import IMAGE_SIZE, random_images, square_mask
 
 LATENT = IMAGE_SIZE // 8
 

@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import sys
-import tomllib
 import types
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
-from SDFSMISLib.slicer import dependencies as dependencies
 from SDFSMISLib.errors import InputError
+from SDFSMISLib.slicer import dependencies as dependencies
 
 ROOT = Path(__file__).resolve().parents[3]
 #: pyproject dependencies the Slicer module does not install, and why.

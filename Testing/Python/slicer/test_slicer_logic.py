@@ -6,19 +6,19 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import IMAGE_SIZE
-from SDFSMISLib.weights.model_files import bundled_model
+
 from SDFSMISLib.errors import InputError
-from SDFSMISLib.io.labels import STRUCTURES
 from SDFSMISLib.inference.query_range import RangeRequest
+from SDFSMISLib.io.labels import STRUCTURES
 from SDFSMISLib.io.volumes import Volume
+from SDFSMISLib.weights.model_files import bundled_model
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 import slicer  # noqa: E402
 
-from SDFSMISLib.slicer import mrml_bridge as bridge  # noqa: E402
 from SDFSMISLib.slicer import logic as slicer_logic  # noqa: E402
+from SDFSMISLib.slicer import mrml_bridge as bridge  # noqa: E402
 from SDFSMISLib.slicer.logic import OverwriteRequired, RunRequest, SDFSMISLogic  # noqa: E402
 from SDFSMISLib.slicer.run_request import compact_ranges  # noqa: E402
 from SDFSMISLib.slicer.scene import place_in_study  # noqa: E402
@@ -301,8 +301,8 @@ def test_subject_hierarchy_placement(mrml_scene) -> None:
 def test_dicom_seg_export_references_the_loaded_series(mrml_scene, tmp_path) -> None:
     import pydicom
 
-    from Testing.dicom_writer import write_dicom_series
     from SDFSMISLib.io.volumes import read_dicom_series
+    from Testing.dicom_writer import write_dicom_series
 
     files = write_dicom_series(small_volume(K_FLIPPED, slices=6), tmp_path / "series", "MR")
     node = bridge.add_volume_node(mrml_scene, read_dicom_series(tmp_path / "series"), "from DICOM")

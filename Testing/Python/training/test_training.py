@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from SDFSMISLib.weights.checkpoint import read_checkpoint_metadata
-from SDFSMISLib.model.config import preset
 from SDFSMISLib.data.episodes import EpisodeDataset, EpisodeOptions, TrainingVolume
 from SDFSMISLib.errors import InputError
+from SDFSMISLib.model.config import preset
 from SDFSMISLib.model.network import SDFSMISNet
 from SDFSMISLib.training import trainer
 from SDFSMISLib.training.trainer import LOG_FILE, TrainingOptions, build_optimizer, keep_fused_choice, train
+from SDFSMISLib.weights.checkpoint import read_checkpoint_metadata
 
 SIZE = 64
 
@@ -130,8 +130,8 @@ def test_refuses_to_overwrite_a_run_and_to_train_past_its_episodes(tmp_path: Pat
 def test_tiny_base_pretraining_lowers_reconstruction_loss_and_loads(tmp_path: Path) -> None:
     from diffusers import AutoencoderKL
 
-    from SDFSMISLib.weights.base_model import load_base_model
     from SDFSMISLib.training.tiny_base import pretrain_vae, write_tiny_base
+    from SDFSMISLib.weights.base_model import load_base_model
 
     config = preset("tiny", image_size=SIZE)
     torch.manual_seed(0)

@@ -13,8 +13,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 
-from SDFSMISLib.weights.base_model import load_unet, load_vae
 from SDFSMISLib.model.config import TINY_UNET_CONFIG, TINY_VAE_CONFIG
+from SDFSMISLib.weights.base_model import load_unet, load_vae
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
            "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_images, square_mask
 from safetensors.torch import load_file, save_file
 
 import SDFSMISLib.weights.checkpoint as checkpoint_module
@@ -17,8 +18,6 @@ from SDFSMISLib.errors import InputError, WeightsError
 from SDFSMISLib.model.network import SDFSMISNet
 from SDFSMISLib.weights.files import read_tensors
 from SDFSMISLib.weights.model_files import WEIGHT_SUFFIXES, bundled_model, chosen_model, layout_problem
-
-from conftest import random_images, square_mask
 
 
 @pytest.fixture(scope="module")
