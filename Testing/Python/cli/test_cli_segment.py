@@ -165,6 +165,9 @@ def test_demo_reports_dice_and_writes_a_segmentation_and_overlays(model_args: li
     assert main(["demo", "--out", str(out), "--phantoms", str(phantoms), *model_args]) == 0
     text = capsys.readouterr().out
     assert "Dice" in text and all(organ in text for organ in ("liver", "right kidney", "left kidney", "spleen"))
+    # next to what 3D Slicer gives for free, in both ways of working
+    assert "atlas patient to new patient" in text and "same patient" in text
+    assert text.count("SDFSMIS         copy") == 2 and "fill between" in text
     assert read_labelmap(out / "query_2.seg.nrrd").same_grid(read_volume(phantoms / "image_2.nii.gz"))
     assert sorted(path.name for path in out.glob("*.png")) == [
         "overlay_left_kidney.png", "overlay_liver.png", "overlay_right_kidney.png", "overlay_spleen.png"]
