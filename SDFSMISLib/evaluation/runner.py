@@ -131,11 +131,17 @@ def evaluate_organ(predictor: Predictor, support: PatientData, query: PatientDat
     if query_slices.size:
         prediction[query_slices] = predictor(query.image[query_slices], support.image[support_slices],
                                              support.labels[support_slices] == organ, assignment)
-    truth = query.labels == organ
-    metrics = organ_metrics(prediction, truth, query.spacing)
-    metrics.update(tp=int((prediction & truth).sum()), fp=int((prediction & ~truth).sum()),
-                   fn=int((~prediction & truth).sum()), range_iou=range_agreement(query_slices, true_slices)["iou"])
+    metrics = case_metrics(prediction, query.labels == organ, query.spacing, query_slices, true_slices)
     return OrganCase(support_slices, query_slices, assignment, prediction, metrics)
+
+
+def case_metrics(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float],
+                 predicted_range: np.ndarray, true_range: np.ndarray) -> dict[str, float]:
+    """Dice, HD95 and ASSD of one case, its voxel counts (for the pooled Dice) and the range's IoU."""
+    metrics = organ_metrics(prediction, truth, spacing)
+    metrics.update(tp=int((prediction & truth).sum()), fp=int((prediction & ~truth).sum()),
+                   fn=int((~prediction & truth).sum()), range_iou=range_agreement(predicted_range, true_range)["iou"])
+    return metrics
 
 
 #: ``method -> organ name -> [per-query-patient metrics, with "patient" and "fold"]``

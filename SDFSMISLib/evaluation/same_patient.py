@@ -21,12 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..inference.query_range import evaluation_query_slices, range_agreement
+from ..inference.query_range import evaluation_query_slices
 from ..inference.support_assignment import nearest_support_assignment, relative_positions
 from .baselines import fill_between_slices
-from .metrics import organ_metrics
 from .protocol import labelled_slices, support_slice_indices
-from .runner import OrganCase, PatientData, Predictor, QueryRange, Results
+from .runner import OrganCase, PatientData, Predictor, QueryRange, Results, case_metrics
 
 #: ``(image [S,H,W], annotated slices [K], their masks [K,H,W], predicted slices [N], assignment [N]) -> masks
 #: [N,H,W]``: a method that may look at the whole volume and at where the slices are.
@@ -77,10 +76,8 @@ def evaluate_own_organ(method: SamePatientMethod, patient: PatientData, organ: i
     if predicted.any():
         prediction[span[predicted]] = method(patient.image, annotated, masks, span[predicted],
                                              assignment[predicted])
-    metrics = organ_metrics(prediction, truth, patient.spacing)
-    metrics.update(tp=int((prediction & truth).sum()), fp=int((prediction & ~truth).sum()),
-                   fn=int((~prediction & truth).sum()), range_iou=range_agreement(span, true_slices)["iou"])
-    return OrganCase(annotated, span, assignment, prediction, metrics)
+    return OrganCase(annotated, span, assignment, prediction,
+                     case_metrics(prediction, truth, patient.spacing, span, true_slices))
 
 
 def evaluate_own_fold(methods: Mapping[str, SamePatientMethod], patients: Sequence[PatientData],
