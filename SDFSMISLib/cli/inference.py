@@ -20,7 +20,7 @@ from ..devices import DTYPES
 from ..errors import InputError
 from ..io.labels import DATASET_LABELS, DEFAULT_DATASET, Structure, structure
 from ..io.segmentation_files import OUTPUT_SUFFIXES, check_output_path, describe, read_segmentation, write_labelmap
-from ..io.volumes import Volume, read_dicom_series, read_volume
+from ..io.volumes import Volume, read_volume
 from ..progress import progress_bar
 from .training import CommandFactory, int_list
 
@@ -78,7 +78,7 @@ def _check_outputs(args: argparse.Namespace):  # noqa: ANN202 - DicomSeries or N
         if args.fractional:
             raise InputError("--fractional chooses the DICOM-SEG segment type; add --out-dicom-seg FILE")
         return None
-    from ..io.dicom_series import read_series
+    from ..io.dicom_series import read_series, seg_identity_problem
 
     if args.out_dicom_seg.is_dir():
         raise InputError(f"--out-dicom-seg {args.out_dicom_seg} is a folder; give a file name such as seg.dcm")
@@ -87,15 +87,23 @@ def _check_outputs(args: argparse.Namespace):  # noqa: ANN202 - DicomSeries or N
                          "is a volume file, so there are no DICOM images for the SEG to reference. Write --out "
                          "result.seg.nrrd instead (3D Slicer opens it), or, if you have the DICOM series the volume "
                          "was converted from, run `sdfsmis export result.seg.nrrd --dicom DIR --out-dicom-seg seg.dcm`")
-    return read_series(args.query, args.series_uid)
+    series = read_series(args.query, args.series_uid)
+    problem = seg_identity_problem(series)
+    if problem:
+        raise InputError(problem)
+    return series
 
 
 def _read_query(args: argparse.Namespace, series) -> Volume:  # noqa: ANN001 - DicomSeries or None
-    if series is not None:
-        return series.read_volume()
-    if args.series_uid is not None:
-        return read_dicom_series(args.query, args.series_uid)
-    return read_volume(args.query)
+    if series is None and Path(args.query).is_dir():
+        from ..io.dicom_series import read_series
+
+        series = read_series(args.query, args.series_uid)
+    if series is None:
+        return read_volume(args.query)
+    for note in series.notes:
+        print(f"DICOM: {note}")
+    return series.read_volume()
 
 
 def _command_segment(args: argparse.Namespace) -> None:

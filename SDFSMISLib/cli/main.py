@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -145,7 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sdfsmis: cancelled", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - a bug of ours: a short message and where the details are
+        log = _crash_log()
+        print(f"sdfsmis: internal error: {type(error).__name__}: {error}\nThe details are in {log}; please report "
+              "this with that file.", file=sys.stderr)
+        return 1
     return 0
+
+
+def _crash_log() -> Path:
+    """Write the traceback of the exception being handled to a new file in the temporary folder."""
+    import tempfile
+    import traceback
+
+    handle, name = tempfile.mkstemp(prefix="sdfsmis-error-", suffix=".log")
+    with os.fdopen(handle, "w", encoding="utf-8") as log:
+        log.write(f"sdfsmis {__version__}: {shlex.join(sys.argv)}\n{traceback.format_exc()}")
+    return Path(name)
 
 
 if __name__ == "__main__":

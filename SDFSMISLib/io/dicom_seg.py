@@ -35,7 +35,7 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError
 from .atomic import atomic_output
-from .dicom_series import DicomSeries, read_series
+from .dicom_series import DicomSeries, read_series, seg_identity_problem
 from .grid_placement import place_on_grid
 from .labels import DEFAULT_DATASET, Structure
 from .segmentation_files import as_labels, describe, present_labels
@@ -101,6 +101,9 @@ def write_dicom_seg(labelmap: Volume, series: DicomSeries | Path | str | Sequenc
         raise InputError("probability maps are stored only in a FRACTIONAL SEG; pass fractional=True (--fractional)")
     if not isinstance(series, DicomSeries):
         series = read_series(series, series_uid)
+    problem = seg_identity_problem(series)
+    if problem:
+        raise InputError(problem)
     grid = series.grid()
     labels = place_on_grid(as_labels(labelmap), grid, "labelmap", _OFF_GRID_FIX).array
     maps = {int(label): _probability_on_grid(label, values, grid) for label, values in (probabilities or {}).items()}
@@ -121,7 +124,20 @@ def write_dicom_seg(labelmap: Volume, series: DicomSeries | Path | str | Sequenc
         lookup[segments] = np.arange(1, len(segments) + 1)
         pixels = lookup[labels]
     kind = hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _segmentation(hd, series, pixels, kind, descriptions, series_description)
+    except (ValueError, KeyError, AttributeError) as error:  # highdicom's answers to what a source lacks
+        raise InputError(f"highdicom could not build a DICOM-SEG on series {series.series_instance_uid} "
+                         f"({series.files[0].parent}): {type(error).__name__}: {error}. Write --out result.seg.nrrd "
+                         "instead, or export the series again") from error
+    with atomic_output(out) as temporary:
+        seg.save_as(temporary)
+    return Path(out)
+
+
+def _segmentation(hd, series: DicomSeries, pixels: np.ndarray, kind, descriptions: list,  # noqa: ANN001
+                  series_description: str):  # noqa: ANN202 - highdicom is imported lazily
+    return hd.seg.Segmentation(
         source_images=_complete_headers(series), pixel_array=pixels, segmentation_type=kind,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(),
         series_number=_series_number(series), sop_instance_uid=hd.UID(), instance_number=1,
@@ -129,9 +145,6 @@ def write_dicom_seg(labelmap: Volume, series: DicomSeries | Path | str | Sequenc
         device_serial_number="1", fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=MAX_FRACTIONAL_VALUE, content_description="SD-FSMIS few-shot segmentation",
         content_label="SDFSMIS", series_description=series_description, omit_empty_frames=True)
-    with atomic_output(out) as temporary:
-        seg.save_as(temporary)
-    return Path(out)
 
 
 def _probability_on_grid(label: int, values: np.ndarray | Volume, grid: Volume) -> np.ndarray:

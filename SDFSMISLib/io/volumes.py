@@ -141,28 +141,14 @@ def read_volume(path: str | Path) -> Volume:
 
 
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:
-    """Read one DICOM series from ``folder``; with several series, ``series_uid`` picks one."""
+    """Read one DICOM series from ``folder`` (:func:`SDFSMISLib.io.dicom_series.read_series`, the one DICOM
+    reader); with several series, ``series_uid`` picks one."""
+    from .dicom_series import read_series
+
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"DICOM folder {folder} does not exist; give {SUPPORTED}")
-    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not uids:
-        hint = " (it has subfolders: give the folder that holds the slice files)" if any(
-            child.is_dir() for child in folder.iterdir()) else ""
-        raise InputError(f"{folder} holds no DICOM series{hint}; give {SUPPORTED}")
-    if series_uid is None and len(uids) > 1:
-        raise InputError(f"{folder} holds {len(uids)} DICOM series: {', '.join(uids)}; pick one by passing its "
-                         "series UID, or move each series into its own folder")
-    uid = uids[0] if series_uid is None else series_uid
-    if uid not in uids:
-        raise InputError(f"{folder} has no DICOM series {uid!r}; it holds {', '.join(uids)}")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
-    try:
-        image = reader.Execute()
-    except RuntimeError as error:
-        raise InputError(f"the DICOM series {uid} in {folder} could not be read ({_error_summary(error)})") from error
-    return _volume_of(image, folder)
+    return read_series(folder, series_uid).read_volume()
 
 
 def write_volume(path: str | Path, volume: Volume) -> Path:

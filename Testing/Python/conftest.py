@@ -46,6 +46,19 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     reference.dino.save_pretrained(root / "dino")
     return root / "sd", root / "dino"
 
+@pytest.fixture(scope="session")
+def model_args(tiny_base: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """A random-weight tiny SD-FSMIS checkpoint (64 px) on the tiny base model, as the CLI options that name it."""
+    from SDFSMISLib.weights.base_model import load_base_model
+    from SDFSMISLib.weights.checkpoint import save_checkpoint
+
+    sd, dino = tiny_base
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(load_base_model(sd, dino, image_size=64),
+                                 tmp_path_factory.mktemp("model") / "model.safetensors")
+    return ["--checkpoint", str(checkpoint), "--base-model", str(sd), "--dino", str(dino), "--device", "cpu"]
+
+
 #: The real CHAOS-T2 volumes, beside the project (never inside it: CC BY-NC-SA).
 CHAOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chaos-t2"
 

@@ -7,27 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from SDFSMISLib.cli.main import main
 from SDFSMISLib.data.phantom import CHAOS_DIRECTION, generate_phantom
 from SDFSMISLib.evaluation.protocol import protocol_support_mask
 from SDFSMISLib.io.segmentation_files import read_labelmap, segmentation_metadata
 from SDFSMISLib.io.volumes import Volume, read_volume, write_volume
-from SDFSMISLib.weights.base_model import load_base_model
-from SDFSMISLib.weights.checkpoint import save_checkpoint
 
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def model_args(tiny_base: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """A tiny SD-FSMIS checkpoint on the tiny base model, as the CLI options that name it."""
-    sd, dino = tiny_base
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(load_base_model(sd, dino, image_size=SIZE),
-                                 tmp_path_factory.mktemp("model") / "model.safetensors")
-    return ["--checkpoint", str(checkpoint), "--base-model", str(sd), "--dino", str(dino), "--device", "cpu"]
 
 
 def patient(seed: int, slices: int) -> tuple[Volume, Volume]:

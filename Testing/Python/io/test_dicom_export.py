@@ -19,7 +19,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
 from scipy.spatial.transform import Rotation
 
 from SDFSMISLib import __version__
@@ -33,8 +32,6 @@ from SDFSMISLib.io.grid_placement import place_on_grid
 from SDFSMISLib.io.labels import STRUCTURES, structure
 from SDFSMISLib.io.segmentation_files import read_segmentation, write_labelmap
 from SDFSMISLib.io.volumes import Volume, read_dicom_series, read_volume, write_volume
-from SDFSMISLib.weights.base_model import load_base_model
-from SDFSMISLib.weights.checkpoint import save_checkpoint
 from Testing.dicom_writer import write_dicom_series
 
 SHAPE = (12, 64, 64)
@@ -348,15 +345,6 @@ def test_export_cli_uses_the_names_of_a_seg_nrrd(cases: dict[str, Case], tmp_pat
 
 
 # --- sdfsmis segment --query-dicom ... --out-dicom-seg, with a tiny model --------------------------------------
-
-@pytest.fixture(scope="module")
-def model_args(tiny_base: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    sd, dino = tiny_base
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(load_base_model(sd, dino, image_size=64),
-                                 tmp_path_factory.mktemp("model") / "model.safetensors")
-    return ["--checkpoint", str(checkpoint), "--base-model", str(sd), "--dino", str(dino), "--device", "cpu"]
-
 
 def test_segment_a_dicom_series_writes_a_seg_referencing_it(model_args: list[str], tmp_path: Path) -> None:
     query, _ = generate_phantom(3, "mr", (8, 64, 64), (5.5, 5.5, 16.0), CHAOS_DIRECTION)
