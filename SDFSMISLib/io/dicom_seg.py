@@ -123,6 +123,7 @@ def write_dicom_seg(labelmap: Volume, series: DicomSeries | Path | str | Sequenc
         lookup = np.zeros(int(labels.max()) + 1, dtype=np.uint8 if len(segments) < 256 else np.uint16)
         lookup[segments] = np.arange(1, len(segments) + 1)
         pixels = lookup[labels]
+    pixels = series.in_source_order(pixels)  # an enhanced source's frames keep their own order
     kind = hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
     try:
         seg = _segmentation(hd, series, pixels, kind, descriptions, series_description)

@@ -245,3 +245,45 @@ def test_an_internal_error_is_one_line_and_a_log_file(tmp_path: Path, capsys: py
     log = Path(message.split("The details are in ")[1].split(";")[0])
     assert "Traceback" in log.read_text() and "a bug" in log.read_text()
     log.unlink()
+
+
+# --- enhanced multi-frame images, derived from pydicom's single frames with highdicom's legacy converter -----
+
+
+def enhanced(folder: Path, source: str, modality: str) -> Path:
+    """A legacy-converted enhanced CT or MR image of a derived series, its frames in shuffled order."""
+    datasets = [pydicom.dcmread(path) for path in derived_series(folder / "frames", source)]
+    order = np.random.default_rng(3).permutation(len(datasets))
+    convert = {"CT": hd.legacy.LegacyConvertedEnhancedCTImage, "MR": hd.legacy.LegacyConvertedEnhancedMRImage}
+    image = convert[modality]([datasets[index] for index in order], series_instance_uid=hd.UID(), series_number=7,
+                              sop_instance_uid=hd.UID(), instance_number=1)
+    (folder / "enhanced").mkdir()
+    image.save_as(folder / "enhanced" / "image.dcm")
+    return folder / "enhanced"
+
+
+@pytest.mark.parametrize(("source", "modality"), [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR")])
+def test_an_enhanced_multi_frame_image_reads_as_its_single_frames_do(source: str, modality: str,
+                                                                     tmp_path: Path) -> None:
+    folder = enhanced(tmp_path, source, modality)
+    series = read_series(folder)
+    assert len(series.files) == 1 and sorted(series.frames) == list(range(SLICES)) and series.frames != tuple(
+        range(SLICES))  # the frames were stored out of order
+    volume, reference = read_volume(folder), read_volume(tmp_path / "frames")
+    assert volume.same_grid(reference, tolerance=1e-4) and np.array_equal(volume.array, reference.array)
+
+
+def test_a_seg_of_an_enhanced_image_references_its_frames(model_args: list[str], tmp_path: Path) -> None:
+    folder = enhanced(tmp_path, "MR_small.dcm", "MR")
+    volume = read_volume(folder)
+    mask = np.zeros(volume.array.shape, np.uint8)
+    mask[[1, 4], 20:40, 20:40] = 1
+    write_volume(tmp_path / "mask.nii.gz", volume.with_array(mask))
+    seg, labelmap = tmp_path / "out" / "seg.dcm", tmp_path / "out" / "labels.nii.gz"
+    assert segment(folder, tmp_path, model_args, "--out-dicom-seg", str(seg), "--out", str(labelmap)) == 0
+    assert_dciodvfy_passes_if_installed(seg)
+    series, labels = read_series(folder), read_volume(labelmap).array
+    source = series.datasets[0].SOPInstanceUID
+    stored = hd.seg.segread(seg).get_pixels_by_source_frame(
+        source, source_frame_numbers=range(1, SLICES + 1), assert_missing_frames_are_empty=True)[..., 0]
+    assert np.array_equal(stored > 0, series.in_source_order(labels == 1)) and labels.any()
