@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +20,12 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from test_dicom_export import assert_dciodvfy_passes_if_installed
+from test_dicom_export import assert_dciodvfy_passes_if_installed, dcmqi_tool
 
 from SDFSMISLib.cli.main import main
 from SDFSMISLib.errors import InputError
 from SDFSMISLib.io.dicom_series import read_series
+from SDFSMISLib.io.grid_placement import place_on_grid
 from SDFSMISLib.io.volumes import read_volume, write_volume
 
 SLICES = 6
@@ -161,11 +163,23 @@ def segment(query: Path, tmp_path: Path, model_args: list[str], *outputs: str) -
                  *outputs, *model_args])
 
 
+def assert_dcmqi_reads_back(seg: Path, labelmap: Path, series_folder: Path, tmp_path: Path) -> None:
+    """dcmqi's segimage2itkimage turns the SEG back into the labelmap's mask of label 1 on the series grid."""
+    folder = tmp_path / "dcmqi"
+    folder.mkdir()
+    subprocess.run([dcmqi_tool("segimage2itkimage"), "--inputDICOM", str(seg), "--outputDirectory", str(folder),
+                    "--prefix", "seg", "--outputType", "nrrd"], check=True, capture_output=True)
+    grid = read_series(series_folder).grid()
+    mask = place_on_grid(read_volume(folder / "seg-1.nrrd"), grid, "dcmqi output").array
+    assert np.array_equal(mask > 0, place_on_grid(read_volume(labelmap), grid).array == 1)
+
+
 def test_a_seg_of_a_compressed_series_with_empty_sop_uids_is_valid(model_args: list[str], tmp_path: Path) -> None:
     query = annotated_query(tmp_path, edit=lambda dataset, _: setattr(dataset, "SOPInstanceUID", ""))
-    seg = tmp_path / "out" / "seg.dcm"
-    assert segment(query, tmp_path, model_args, "--out-dicom-seg", str(seg)) == 0
+    seg, labelmap = tmp_path / "out" / "seg.dcm", tmp_path / "out" / "labels.nii.gz"
+    assert segment(query, tmp_path, model_args, "--out-dicom-seg", str(seg), "--out", str(labelmap)) == 0
     assert_dciodvfy_passes_if_installed(seg)
+    assert_dcmqi_reads_back(seg, labelmap, query, tmp_path)
     referenced = {item.ReferencedSOPInstanceUID
                   for item in hd.seg.segread(seg).ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID for path in query.iterdir()}
@@ -287,3 +301,4 @@ def test_a_seg_of_an_enhanced_image_references_its_frames(model_args: list[str],
     stored = hd.seg.segread(seg).get_pixels_by_source_frame(
         source, source_frame_numbers=range(1, SLICES + 1), assert_missing_frames_are_empty=True)[..., 0]
     assert np.array_equal(stored > 0, series.in_source_order(labels == 1)) and labels.any()
+    assert_dcmqi_reads_back(seg, labelmap, folder, tmp_path)
