@@ -5,8 +5,8 @@ A run has three steps, so MRML is only ever touched on the thread that owns it (
 1. :meth:`SDFSMISLogic.prepareRun` copies the chosen volumes and segments out of MRML into plain arrays
    (:mod:`SDFSMISLib.slicer.mrml_bridge`), checks the output policy and builds a
    :class:`~SDFSMISLib.slicer.worker.PropagationJob`;
-2. :meth:`SDFSMISLogic.startRun` hands the job to the persistent worker thread
-   (:mod:`SDFSMISLib.slicer.worker`), which loads the model once and keeps it, runs
+2. :meth:`SDFSMISLogic.startRun` hands the job to the persistent worker process
+   (:mod:`SDFSMISLib.slicer.process_worker`), which loads the model once and keeps it, runs
    :func:`~SDFSMISLib.inference.propagation.propagate` and can be cancelled within a network layer;
 3. :meth:`SDFSMISLogic.finishRun` writes the result as segments: one per propagated segment, named, coloured
    and tagged as in the support, reference geometry = the query volume, placed in the query's study.
@@ -43,6 +43,7 @@ from ..weights.model_files import chosen_model
 from . import mrml_bridge as bridge
 from .run_request import RANGE_MODES, OverwriteRequired, PreparedRun, RunRequest, RunSummary, SegmentAnnotation
 from .scene import dicom_source_files, local_to_world, place_in_study
+from .process_worker import ProcessWorker
 from .worker import CANCELLED, FAILED, FINISHED, JobHandle, ModelRequest, PropagationJob, PropagationWorker
 
 if TYPE_CHECKING:  # query_range needs numba (via supervoxels), which Slicer installs only on first use
@@ -60,11 +61,12 @@ class SDFSMISLogic:
     """All the module's work; Slicer-facing methods are camelCase as in Slicer's module template.
 
     Args:
-        worker: the background thread that keeps the model (one per logic; tests may pass their own).
+        worker: what runs propagations and keeps the model: a worker process by default (as in Slicer); a
+            :class:`~SDFSMISLib.slicer.worker.PropagationWorker` thread runs them in-process (scripts).
     """
 
-    def __init__(self, worker: PropagationWorker | None = None) -> None:
-        self.worker = worker or PropagationWorker()
+    def __init__(self, worker: ProcessWorker | PropagationWorker | None = None) -> None:
+        self.worker = worker or ProcessWorker()
 
     # ----------------------------------------------------------------------------------------------- annotations
 
@@ -172,7 +174,7 @@ class SDFSMISLogic:
         return PreparedRun(request, job, styles, replaced, corrected, previous)
 
     def startRun(self, prepared: PreparedRun) -> JobHandle:
-        """Step 2: queue the job on the worker thread; poll the handle (its status, then :meth:`finishRun`)."""
+        """Step 2: queue the job on the worker; poll the handle (its status, then :meth:`finishRun`)."""
         return self.worker.submit(prepared.job)
 
     def finishRun(self, prepared: PreparedRun, handle: JobHandle) -> RunSummary:

@@ -82,8 +82,12 @@ class JobHandle:
     _started: float = field(default_factory=time.perf_counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ended: threading.Event = field(default_factory=threading.Event)
+    #: Reads what the worker process said so far (never blocks); ``None`` for the in-process thread worker.
+    _pump: Callable[[], None] | None = None
 
     def status(self) -> JobStatus:
+        if self._pump is not None:
+            self._pump()
         with self._lock:
             return JobStatus(self._stage, *self._progress, time.perf_counter() - self._started)
 
@@ -93,7 +97,15 @@ class JobHandle:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job has ended (for scripts and tests; the GUI polls :meth:`status`)."""
-        return self._ended.wait(timeout)
+        if self._pump is None:
+            return self._ended.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.ended:
+            self._pump()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            self._ended.wait(0.02)
+        return self.ended
 
     @property
     def ended(self) -> bool:
