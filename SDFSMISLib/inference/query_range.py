@@ -51,7 +51,6 @@ from typing import Literal
 import numpy as np
 
 from ..data.preprocessing import Preprocessed
-from ..data.supervoxels import foreground_mask
 from ..errors import InputError
 from ..io.volumes import slice_heights
 
@@ -148,6 +147,8 @@ def mask_widths_mm(masks: np.ndarray, pixel_spacing: tuple[float, float]) -> np.
 
 def body_extent(image: np.ndarray, positions: np.ndarray) -> Extent:
     """Step 2: the body's superior-inferior extent (mm) in a ``[S, H, W]`` model image in [-1, 1]."""
+    from ..data.supervoxels import foreground_mask  # numba: not at import, the Slicer panel lists slices with this
+
     body = foreground_mask((np.asarray(image, dtype=np.float32) + 1) * 127.5)
     areas = body.reshape(len(body), -1).sum(axis=1)
     inside = np.flatnonzero(areas >= BODY_MIN_FRACTION * max(int(areas.max()), 1))

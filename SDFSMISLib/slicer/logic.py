@@ -70,9 +70,11 @@ class SDFSMISLogic:
 
     # ----------------------------------------------------------------------------------------------- annotations
 
-    def segmentAnnotation(self, segmentationNode: Any, segmentId: str, volumeNode: Any) -> SegmentAnnotation:
-        """The stored slices of ``volumeNode`` holding the segment, and the top / middle / bottom suggestion."""
-        volume = bridge.volume_from_node(volumeNode)
+    def segmentAnnotation(self, segmentationNode: Any, segmentId: str, volumeNode: Any,
+                          volume: Volume | None = None) -> SegmentAnnotation:
+        """The stored slices of ``volumeNode`` holding the segment, and the top / middle / bottom suggestion
+        (``volume``: the node's voxels when the caller already copied them)."""
+        volume = volume or bridge.volume_from_node(volumeNode)
         mask = bridge.segment_mask(segmentationNode, segmentId, volumeNode)
         mask = np.moveaxis(mask, slice_axis_nearest_si(volume), 0)
         slices = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
@@ -84,7 +86,8 @@ class SDFSMISLogic:
         """:meth:`segmentAnnotation` of every segment, in the segmentation's order."""
         ids = vtk.vtkStringArray()
         segmentationNode.GetSegmentation().GetSegmentIDs(ids)
-        return [self.segmentAnnotation(segmentationNode, ids.GetValue(n), volumeNode)
+        volume = bridge.volume_from_node(volumeNode)  # once for every segment
+        return [self.segmentAnnotation(segmentationNode, ids.GetValue(n), volumeNode, volume)
                 for n in range(ids.GetNumberOfValues())]
 
     @staticmethod
@@ -180,13 +183,18 @@ class SDFSMISLogic:
     def finishRun(self, prepared: PreparedRun, handle: JobHandle) -> RunSummary:
         """Step 3 (GUI thread): write a finished job's result; a failed or cancelled one raises."""
         if handle.status().stage == CANCELLED:
-
             raise Cancelled("cancelled by the user; nothing was written")
         if handle.status().stage == FAILED:
             raise handle.error
         if handle.status().stage != FINISHED:
             raise InputError("the run has not finished yet; wait for it (or cancel it)")
         request, result = prepared.request, handle.result
+        gone = [what for what, node in (("query volume", request.queryVolume),
+                                         ("output segmentation", request.outputSegmentation))
+                if node is not None and node.GetScene() is None]
+        if gone:
+            raise InputError(f"the {' and the '.join(gone)} were removed (or the scene was closed) while the run "
+                             "finished; nothing was written: select them again and press Run")
         output = request.outputSegmentation or self._new_output(request.queryVolume)
         self._attach_to_query(output, request.queryVolume)
         labelmap = result.labelmap

@@ -29,7 +29,7 @@ class ModelSection:
 
     def _setupModelControls(self) -> None:
         settings = qt.QSettings()
-        self.ui.baseModelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Files
+        self.ui.baseModelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs  # a diffusers folder (a single file: type it)
         self.ui.dinoPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.checkpointPathLineEdit.filters = ctk.ctkPathLineEdit.Files
         patterns = " ".join(f"*{suffix}" for suffix in (".safetensors", *TORCH_SUFFIXES))

@@ -38,6 +38,8 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 BINARY_LABELMAP = "Binary labelmap"
 _SCALAR_NODE_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode")
 _TERMINOLOGY_FIELDS = 7  # context ~ category ~ type ~ type modifier ~ region context ~ region ~ region modifier
+#: Name of the nodes made for a moment while reading segments (removed again, with all Slicer adds to them).
+TEMPORARY = "__SDFSMIS_temporary__"
 
 
 @dataclass(frozen=True)
@@ -149,11 +151,12 @@ def segment_mask(segmentation_node: vtk.vtkObject, segment_id: str, reference_no
     """
     _segment(segmentation_node, segment_id)
     scene = _scene_of(segmentation_node)
-    source = segmentation_node
-    if not segmentation_node.GetSegmentation().ContainsRepresentation(BINARY_LABELMAP):
-        source = _labelmap_copy(segmentation_node, reference_node)
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__SDFSMIS_temporary__")
+    existing = _node_ids(scene)
     try:
+        source = segmentation_node
+        if not segmentation_node.GetSegmentation().ContainsRepresentation(BINARY_LABELMAP):
+            source = _labelmap_copy(segmentation_node, reference_node)
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", TEMPORARY)
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(segment_id)
         exported = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
@@ -163,15 +166,18 @@ def segment_mask(segmentation_node: vtk.vtkObject, segment_id: str, reference_no
                              f"grid of {reference_node.GetName()}; check that both are loaded and not transformed "
                              "by a non-linear transform")
         return np.array(slicer.util.arrayFromVolume(labelmap)) > 0
-    finally:
-        scene.RemoveNode(labelmap)
-        if source is not segmentation_node:
-            scene.RemoveNode(source)
+    finally:  # the export also adds a colour table and display nodes: everything new goes, the scene stays
+        for node in [scene.GetNodeByID(node_id) for node_id in _node_ids(scene) - existing]:
+            scene.RemoveNode(node)
+
+
+def _node_ids(scene: vtk.vtkObject) -> set[str]:
+    return {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
 
 
 def _labelmap_copy(segmentation_node: vtk.vtkObject, reference_node: vtk.vtkObject) -> vtk.vtkObject:
     """A temporary copy of a segmentation with a binary labelmap made on the reference volume's grid."""
-    copy = _scene_of(segmentation_node).AddNewNodeByClass("vtkMRMLSegmentationNode", "__SDFSMIS_temporary__")
+    copy = _scene_of(segmentation_node).AddNewNodeByClass("vtkMRMLSegmentationNode", TEMPORARY)
     copy.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
     copy.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
     copy.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)

@@ -15,9 +15,8 @@ real MRML. The panel's job is the GUI contract:
 
 from __future__ import annotations
 
-import functools
+import sys
 import traceback
-from collections.abc import Callable
 
 import qt
 import slicer
@@ -26,10 +25,12 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 from ..errors import InputError
-from .dependencies import ensure_dependencies
+from .dependencies import ensure_dependencies, slicer_version_problem
 from .logic import RANGE_MODES, OverwriteRequired, RunRequest, SDFSMISLogic, compact_ranges
 from .model_section import MODEL_PATH_WIDGETS, ModelSection
 from .parameters import SDFSMISParameterNode
+from .review_section import ReviewSection
+from .slots import reportsErrors
 from .worker import CANCELLED, FINISHED
 
 MODULE_NAME = "SDFSMIS"
@@ -39,21 +40,7 @@ _SEGMENT_EVENTS = ("SegmentAdded", "SegmentRemoved", "SegmentModified", "SourceR
                    "MasterRepresentationModified")
 
 
-def _reportsErrors(slot: Callable) -> Callable:
-    """A button slot whose failure becomes a dialog with the cause and the fix, never a silent failure.
-
-    The signal's own arguments (``clicked(bool)``) are not passed on: the decorated slots take none.
-    """
-    @functools.wraps(slot)
-    def wrapper(self, *_signalArguments):
-        try:
-            return slot(self)
-        except Exception as error:  # noqa: BLE001 - the top of a GUI action: report everything
-            self._error(error, "" if isinstance(error, InputError) else traceback.format_exc())
-    return wrapper
-
-
-class SDFSMISWidget(ModelSection, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class SDFSMISWidget(ModelSection, ReviewSection, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel (``Resources/UI/SDFSMIS.ui``) and its connections."""
 
     def __init__(self, parent=None) -> None:
@@ -71,6 +58,13 @@ class SDFSMISWidget(ModelSection, ScriptedLoadableModuleWidget, VTKObservationMi
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        problem = slicer_version_problem(slicer.app.majorVersion, slicer.app.minorVersion)
+        if problem:  # the panel would fail later in ways a user cannot act on
+            label = qt.QLabel(problem)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.logic = None
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SDFSMIS.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -102,17 +96,34 @@ class SDFSMISWidget(ModelSection, ScriptedLoadableModuleWidget, VTKObservationMi
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Module reload or application exit: stop the run and the worker thread, drop observers."""
+        """Module reload or application exit: stop the run and the worker process, drop observers (once)."""
+        if self.logic is None:
+            return
         self.pollTimer.stop()
+        self.refreshTimer.stop()
         if self._running is not None:
             self._running[1].cancel()
-        if self.logic is not None:
-            self.logic.worker.shutdown(timeout=5)
-        self.removeObservers()
+        self.logic.worker.shutdown(timeout=5)
         self.setParameterNode(None)
+        self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Leaving the module: stop following segment edits (a running propagation is still polled)."""
+        if self.logic is None:
+            return
+        self.refreshTimer.stop()
+        self._observeSegmentation(None)
+        self.setParameterNode(None)
+
+    def onReload(self) -> None:
+        """Reload the library too: Slicer's Reload re-runs only the module file (as SlicerNNUnet does)."""
+        for name in [name for name in sys.modules if name == "SDFSMISLib" or name.startswith("SDFSMISLib.")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def onSceneStartClose(self, caller, event) -> None:
         if self._running is not None:
@@ -145,8 +156,8 @@ class SDFSMISWidget(ModelSection, ScriptedLoadableModuleWidget, VTKObservationMi
             node.UnRegister(None)
             node.SetSingletonTag(MODULE_NAME)
             node.SetName(slicer.mrmlScene.GenerateUniqueName(MODULE_NAME))
-            node.SetAttribute("ModuleName", MODULE_NAME)
             node = slicer.mrmlScene.AddNode(node)
+        node.SetAttribute("ModuleName", MODULE_NAME)  # every time: closing the scene resets the singleton's attributes
         return node
 
     def setParameterNode(self, parameterNode: SDFSMISParameterNode | None) -> None:
@@ -247,7 +258,7 @@ class SDFSMISWidget(ModelSection, ScriptedLoadableModuleWidget, VTKObservationMi
             listWidget.item(row).data(qt.Qt.UserRole) for row in range(listWidget.count)
             if listWidget.item(row).checkState() == qt.Qt.Checked]
 
-    @_reportsErrors
+    @reportsErrors
     def onAnnotate(self) -> None:
         """Open the Segment Editor on the support nodes and the chosen segment, at its next suggested slice."""
         parameters = self._parameterNode
@@ -274,7 +285,7 @@ class SDFSMISWidget(ModelSection, ScriptedLoadableModuleWidget, VTKObservationMi
 
     # ------------------------------------------------------------------------------------------------- model
 
-    @_reportsErrors
+    @reportsErrors
     def onInstallDependencies(self) -> bool:
         with slicer.util.WaitCursor():
             installed = ensure_dependencies(ask=True)
@@ -319,7 +330,7 @@ class SDFSMISWidget(ModelSection, ScriptedLoadableModuleWidget, VTKObservationMi
                           parameters.lastSlice, parameters.queryRoi, parameters.kShot, parameters.threshold,
                           parameters.largestComponent, parameters.batchSize, overwrite)
 
-    @_reportsErrors
+    @reportsErrors
     def onRunButton(self) -> None:
         """Run, or cancel the run in progress."""
         if self._running is not None:
@@ -351,7 +362,18 @@ class SDFSMISWidget(ModelSection, ScriptedLoadableModuleWidget, VTKObservationMi
             return self.logic.prepareRun(self.runRequest(overwrite=True))
 
     def onPoll(self) -> None:
-        """Show the worker's progress; when it has ended, write the result or report why not."""
+        """Show the worker's progress; when it has ended, write the result or report why not. A failure of
+        the poll itself ends the run with a dialog, never a timer raising every 100 ms."""
+        try:
+            self._poll()
+        except Exception as error:  # noqa: BLE001 - the top of a timer slot: report, stop, reset
+            self.pollTimer.stop()
+            self._running = None
+            self.ui.progressBar.setRange(0, 1)
+            self._error(error, traceback.format_exc())
+            self.updateButtons()
+
+    def _poll(self) -> None:
         prepared, handle = self._running
         status = handle.status()
         if status.total:
@@ -411,37 +433,3 @@ class SDFSMISWidget(ModelSection, ScriptedLoadableModuleWidget, VTKObservationMi
         title, text = self.logic.describeError(error)
         extra = {"detailedText": details} if details else {}
         slicer.util.errorDisplay(text, windowTitle=title, **extra)
-
-    # --------------------------------------------------------------------------------------- review & export
-
-    @_reportsErrors
-    def onAddCorrection(self) -> None:
-        """Register the query slice shown in the red view (after fixing it in the result) as corrected."""
-        parameters = self._parameterNode
-        sliceToRas = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode().GetSliceToRAS()
-        centre = [sliceToRas.GetElement(row, 3) for row in range(3)]
-        index = self.logic.sliceIndexAt(parameters.queryVolume, centre)
-        self.logic.addCorrectedSlice(parameters.outputSegmentation, parameters.queryVolume, index)
-        self.updateButtons()
-
-    @_reportsErrors
-    def onExportSegNrrd(self) -> None:
-        output = self._parameterNode.outputSegmentation
-        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export segmentation",
-                                              f"{output.GetName()}.seg.nrrd", "Segmentation (*.seg.nrrd)")
-        if path:
-            self._export(lambda: self.logic.exportSegNrrd(output, path))
-
-    @_reportsErrors
-    def onExportDicomSeg(self) -> None:
-        parameters = self._parameterNode
-        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export DICOM-SEG",
-                                              f"{parameters.outputSegmentation.GetName()}.dcm", "DICOM (*.dcm)")
-        if path:
-            self._export(lambda: self.logic.exportDicomSeg(parameters.outputSegmentation, parameters.queryVolume,
-                                                           path))
-
-    def _export(self, write: Callable) -> None:
-        with slicer.util.WaitCursor():
-            written = write()
-        self.ui.statusLabel.text = f"Wrote {written}"

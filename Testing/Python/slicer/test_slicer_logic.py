@@ -402,3 +402,42 @@ def test_a_run_keeps_its_speed_while_the_main_thread_waits_as_slicers_does(mrml_
     free = timed_run(mrml_scene, lambda: time.sleep(0.1))
     held = timed_run(mrml_scene, lambda: holding(100_000))
     assert held <= 2 * free, f"{held:.1f} s with the GIL held against {free:.1f} s free"
+
+
+# ------------------------------------------------------------------------------------------------ scene hygiene
+
+
+def test_listing_annotated_slices_leaves_the_scene_as_it_was(mrml_scene) -> None:
+    node, segmentation, _ids = painted(mrml_scene, small_volume(), {1: [4, 9], 2: [12]})
+    before = mrml_scene.GetNumberOfNodes()
+    for _ in range(3):  # the panel lists them again on every edit
+        annotations = SDFSMISLogic().segmentAnnotations(segmentation, node)
+    assert [annotation.slices for annotation in annotations] == [(4, 9), (12,)]
+    assert mrml_scene.GetNumberOfNodes() == before
+    assert not [mrml_scene.GetNthNode(n).GetName() for n in range(before)
+                if "ColorTable" in (mrml_scene.GetNthNode(n).GetName() or "")]
+
+
+def test_listing_annotated_slices_loads_no_numba_or_scikit_image() -> None:
+    """The list is refreshed on the GUI thread while the user paints: no seconds of JIT set-up there."""
+    import subprocess
+    import sys
+
+    code = ("import sys, SDFSMISLib.inference.query_range, SDFSMISLib.slicer.run_request; "
+            "print(sorted(m for m in ('numba', 'skimage', 'torch') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "[]"
+
+
+def test_a_run_whose_query_was_removed_writes_nothing(mrml_scene) -> None:
+    node, segmentation, ids = painted(mrml_scene, small_volume(), {1: [6, 12]})
+    logic = SDFSMISLogic(PropagationWorker())
+    prepared = logic.prepareRun(request(node, segmentation, ids))
+    handle = logic.startRun(prepared)
+    mrml_scene.RemoveNode(node)  # the user deletes the volume (or closes the scene) during the run
+    assert handle.wait(120)
+    segmentations = mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(InputError, match="query volume were removed"):
+        logic.finishRun(prepared, handle)
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == segmentations
+    logic.worker.shutdown(10)

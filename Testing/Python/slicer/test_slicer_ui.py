@@ -76,7 +76,8 @@ def parameter_fields() -> dict[str, str]:
 
 def test_every_widget_the_code_uses_exists_with_a_fitting_class() -> None:
     widgets = ui_widgets()
-    uses = {**ui_uses(LIBRARY / "slicer" / "widget.py"), **ui_uses(LIBRARY / "slicer" / "model_section.py")}
+    uses = {name: attributes for part in ("widget", "model_section", "review_section")
+            for name, attributes in ui_uses(LIBRARY / "slicer" / f"{part}.py").items()}
     for name, attributes in {**uses, **ui_uses(ROOT / "Testing" / "slicer_self_test.py", "widget")}.items():
         assert name in widgets, f"{name} is used by the code but missing from {UI_FILE.name}"
         cls = widgets[name].get("class")
@@ -159,11 +160,12 @@ def test_slicer_facing_modules_import_nothing_heavy_before_installation() -> Non
     """What Slicer imports when it discovers the module (the module file, the widget and what they import at
     module level) loads no torch, diffusers, numba or scikit-image: those are installed on first use."""
     pytest.importorskip("slicer", reason="slicer-core is not installed")
-    qt_only = {"SDFSMISLib.slicer.widget", "SDFSMISLib.slicer.model_section", "SDFSMISLib.slicer.parameters",
-               "Testing.slicer_self_test"}
+    qt_only = {"SDFSMISLib.slicer.widget", "SDFSMISLib.slicer.model_section", "SDFSMISLib.slicer.review_section",
+               "SDFSMISLib.slicer.parameters", "SDFSMISLib.slicer.sample_data", "Testing.slicer_self_test"}
     modules = set()
-    for path in (ROOT / "SDFSMIS.py", LIBRARY / "slicer" / "widget.py", LIBRARY / "slicer" / "model_section.py",
-                 LIBRARY / "slicer" / "parameters.py", ROOT / "Testing" / "slicer_self_test.py"):
+    for path in (ROOT / "SDFSMIS.py", *(LIBRARY / "slicer" / f"{part}.py" for part in (
+            "widget", "model_section", "review_section", "parameters", "sample_data")),
+                 ROOT / "Testing" / "slicer_self_test.py"):
         modules |= module_level_library_imports(path)
     modules = sorted(modules - qt_only)
     code = ("import importlib, sys\n"
