@@ -43,7 +43,7 @@ from ..weights.model_files import chosen_model
 from . import mrml_bridge as bridge
 from .run_request import RANGE_MODES, OverwriteRequired, PreparedRun, RunRequest, RunSummary, SegmentAnnotation
 from .scene import dicom_source_files, local_to_world, place_in_study
-from .process_worker import ProcessWorker
+from .process_worker import ProcessWorker, WorkerStopped
 from .worker import CANCELLED, FAILED, FINISHED, JobHandle, ModelRequest, PropagationJob, PropagationWorker
 
 if TYPE_CHECKING:  # query_range needs numba (via supervoxels), which Slicer installs only on first use
@@ -230,6 +230,8 @@ class SDFSMISLogic:
                 "of 1 and float16 precision; closing other programs that use the GPU also helps.")
         if isinstance(error, OverwriteRequired):
             return "Segments already exist", str(error)
+        if isinstance(error, WorkerStopped):
+            return "SD-FSMIS worker stopped", f"The propagation stopped: {error}."
         if isinstance(error, InputError):
             text = str(error).strip()
             return "Cannot run SD-FSMIS", text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")

@@ -17,7 +17,7 @@ import slicer
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
 from ..inference.postprocess import Threshold
-from .logic import RANGE_MODES
+from .run_request import RANGE_MODES
 
 MAX_SLICE_INDEX = 9999
 MAX_BATCH_SIZE = 64

@@ -34,6 +34,10 @@ CANCEL_GRACE_SECONDS = 1.0
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
+class WorkerStopped(RuntimeError):
+    """The worker process ended in the middle of a run (a crash, or the system killing it for memory)."""
+
+
 @dataclass(frozen=True)
 class WorkerResult:
     """What the child returns: the labelmap on the query grid and the plan's summary (as PropagationResult)."""
@@ -131,7 +135,7 @@ class ProcessWorker:
     def _handle_line(self, line: str | None) -> None:
         handle = self._current
         if line is None:  # the child's output ended: it died
-            self._fail(handle, RuntimeError(self._death()))
+            self._fail(handle, WorkerStopped(self._death()))
             self._stop_process()
             return
         word, _, rest = line.strip().partition(" ")

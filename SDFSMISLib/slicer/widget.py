@@ -26,7 +26,8 @@ from slicer.util import VTKObservationMixin
 
 from ..errors import InputError
 from .dependencies import ensure_dependencies, slicer_version_problem
-from .logic import RANGE_MODES, OverwriteRequired, RunRequest, SDFSMISLogic, compact_ranges
+from .logic import SDFSMISLogic
+from .run_request import RANGE_MODES, OverwriteRequired, RunRequest, compact_ranges
 from .model_section import MODEL_PATH_WIDGETS, ModelSection
 from .parameters import SDFSMISParameterNode
 from .review_section import ReviewSection

@@ -69,6 +69,9 @@ def test_a_dying_child_fails_the_run_with_the_cause_and_the_next_run_works() -> 
     worker._process.kill()  # as the system's out-of-memory killer would
     assert handle.wait(10) and handle.status().stage == "failed"
     assert "worker process stopped" in str(handle.error) and "3D Slicer is unaffected" in str(handle.error)
+    from SDFSMISLib.slicer.process_worker import WorkerStopped
+
+    assert isinstance(handle.error, WorkerStopped)
     after = worker.submit(job())
     assert after.wait(120) and after.status().stage == "finished"
     worker.shutdown(10)

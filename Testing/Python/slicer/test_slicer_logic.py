@@ -220,6 +220,10 @@ def test_errors_become_dialogs_with_the_cause_and_the_fix() -> None:
     assert SDFSMISLogic.describeError(PermissionError(13, "Permission denied", "/out.seg.nrrd"))[0] == "File error"
     assert SDFSMISLogic.describeError(ModuleNotFoundError("No module named 'numba'"))[0] == "Missing Python package"
     assert "report it" in SDFSMISLogic.describeError(KeyError("x"))[1]
+    from SDFSMISLib.slicer.process_worker import WorkerStopped
+
+    stopped = SDFSMISLogic.describeError(WorkerStopped("the SDFSMIS worker process stopped (exit status -9)"))
+    assert stopped[0] == "SD-FSMIS worker stopped" and "exit status -9" in stopped[1] and "report" not in stopped[1]
 
 
 # ----------------------------------------------------------------------------------------------- worker
