@@ -101,11 +101,11 @@ class SDFSMISWidget(ModelSection, ReviewSection, ScriptedLoadableModuleWidget, V
         if self.logic is None:
             return
         self.pollTimer.stop()
-        self.refreshTimer.stop()
         if self._running is not None:
             self._running[1].cancel()
         self.logic.worker.shutdown(timeout=5)
         self.setParameterNode(None)
+        self.refreshTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -116,9 +116,8 @@ class SDFSMISWidget(ModelSection, ReviewSection, ScriptedLoadableModuleWidget, V
         """Leaving the module: stop following segment edits (a running propagation is still polled)."""
         if self.logic is None:
             return
+        self.setParameterNode(None)  # also stops observing the segmentation
         self.refreshTimer.stop()
-        self._observeSegmentation(None)
-        self.setParameterNode(None)
 
     def onReload(self) -> None:
         """Reload the library too: Slicer's Reload re-runs only the module file (as SlicerNNUnet does)."""

@@ -89,3 +89,36 @@ def test_an_unsupported_slicer_shows_why_instead_of_the_panel(mrml_scene, monkey
         [label] = widget.layout.added
         assert "5.10 or newer (this is 5.8" in label.text and widget.logic is None
         widget.cleanup()  # nothing to clean, and no error
+
+
+def test_leaving_the_module_stops_following_edits_and_a_closed_scene_keeps_the_module_name(
+        mrml_scene, monkeypatch) -> None:
+    with slicer_application(monkeypatch) as app:
+        _node, segmentation, _ids = painted(mrml_scene, small_volume(slices=16), {1: [4, 8, 12]})
+        widget = panel(app)
+        assert widget._listedSegmentation is segmentation
+        widget.exit()
+        assert widget._listedSegmentation is None and not widget.refreshTimer.active
+        module_node = widget._scriptedModuleNode()
+        module_node.RemoveAttribute("ModuleName")  # what closing the scene does to the singleton
+        widget.enter()
+        assert module_node.GetAttribute("ModuleName") == "SDFSMIS"
+        widget.cleanup()
+
+
+def test_a_failing_poll_ends_the_run_with_a_dialog(mrml_scene, monkeypatch) -> None:
+    with slicer_application(monkeypatch) as app:
+        painted(mrml_scene, small_volume(slices=16), {1: [4, 8, 12]})
+        widget = panel(app)
+        app.ui.runButton.clicked.emit()
+        prepared, handle = widget._running
+
+        def broken() -> None:
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(handle, "status", broken)
+        widget.pollTimer.fire()
+        assert widget._running is None and not widget.pollTimer.active
+        assert app.errors and app.errors[0][1]["windowTitle"] == "File error" and app.ui.runButton.text == "Run"
+        handle.cancel()
+        widget.cleanup()
