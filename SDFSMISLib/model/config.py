@@ -145,6 +145,12 @@ class SDFSMISConfig:
             the uncropped mask to the patch grid as the released code does (use it for
             checkpoints trained with that code).
         image_size: in-plane size the network works at (256 for SD-FSMIS).
+        spatial_prior: ours, not the paper's. The query stem also reads the mask latent of the
+            support the query uses (the nearest annotated slice), through input channels that start
+            at zero, so training begins from the paper's network. Attention alone is blind to where
+            the support's organ lies, so a small UNet confuses the two kidneys; the support mask at
+            its own position tells it where to look, and the network learns how the organ moves and
+            changes shape from there.
     """
 
     unet: dict[str, Any] = field(default_factory=lambda: dict(SD15_UNET_CONFIG))
@@ -158,6 +164,7 @@ class SDFSMISConfig:
     qe_topk_fraction: float = 0.1875
     dino_mask_alignment: MaskAlignment = "crop"
     image_size: int = 256
+    spatial_prior: bool = False
 
     def __post_init__(self) -> None:
         if self.injection not in ("kv-bank", "cross-attn"):

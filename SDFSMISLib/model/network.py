@@ -27,17 +27,20 @@ from .support_injection import CONTEXT_KEY, SupportContext, SupportMode, install
 from .visual_condition import ConditionMLP, masked_patch_prototype
 
 
-def marigold_stem(base_conv: nn.Conv2d, copies: int = 2) -> nn.Conv2d:
-    """An input conv taking ``copies`` x the base channels, initialised by the Marigold rule.
+def marigold_stem(base_conv: nn.Conv2d, copies: int = 2, zero_copies: int = 0) -> nn.Conv2d:
+    """An input conv taking ``copies + zero_copies`` x the base channels, initialised by the Marigold rule.
 
-    The base weight is repeated along the input channels and divided by ``copies``; the bias
-    is copied. Fed the base input repeated ``copies`` times it reproduces the base conv.
+    The base weight is repeated along the first ``copies`` groups of input channels and divided by
+    ``copies``; the bias is copied. Fed the base input repeated ``copies`` times it reproduces the base
+    conv. The ``zero_copies`` groups after them start at zero: inputs the base model never had, which
+    change nothing until training gives them weight.
     """
-    stem = nn.Conv2d(base_conv.in_channels * copies, base_conv.out_channels, base_conv.kernel_size,
-                     base_conv.stride, base_conv.padding, dtype=base_conv.weight.dtype,
-                     device=base_conv.weight.device)
+    in_channels = base_conv.in_channels * (copies + zero_copies)
+    stem = nn.Conv2d(in_channels, base_conv.out_channels, base_conv.kernel_size, base_conv.stride,
+                     base_conv.padding, dtype=base_conv.weight.dtype, device=base_conv.weight.device)
     with torch.no_grad():
-        stem.weight.copy_(base_conv.weight.repeat(1, copies, 1, 1) / copies)
+        stem.weight.zero_()
+        stem.weight[:, :base_conv.in_channels * copies] = base_conv.weight.repeat(1, copies, 1, 1) / copies
         stem.bias.copy_(base_conv.bias)
     return stem
 
@@ -54,6 +57,7 @@ class SupportEncoding:
     fg_prototype: torch.Tensor  # [G, C] averaged over shots
     bg_prototype: torch.Tensor  # [G, C]
     condition: torch.Tensor  # [G, 1, D]
+    mask_latents: torch.Tensor  # [G, 4, h, w] averaged over shots: the spatial prior's input
 
     @property
     def groups(self) -> int:
@@ -73,7 +77,7 @@ class SDFSMISNet(nn.Module):
                  dino: Dinov2Model) -> None:
         super().__init__()
         self.config = config
-        self.query_stem = marigold_stem(unet.conv_in)
+        self.query_stem = marigold_stem(unet.conv_in, zero_copies=int(config.spatial_prior))
         self.support_stem = marigold_stem(unet.conv_in)
         unet.conv_in = nn.Identity()
         self.injecting_layers = install_support_injection(unet, config.injection)
@@ -145,7 +149,7 @@ class SDFSMISNet(nn.Module):
         context = SupportContext(SupportMode.RECORD, shots=shots)
         self._unet(torch.cat([image_latents, mask_latents], dim=1), self.support_stem,
                    condition.repeat_interleave(shots, dim=0), context)
-        return SupportEncoding(context, fg, bg, condition)
+        return SupportEncoding(context, fg, bg, condition, mask_latents.unflatten(0, (groups, shots)).mean(1))
 
     def _condition(self, images: torch.Tensor, masks: torch.Tensor, groups: int, shots: int) -> torch.Tensor:
         if not self.config.vtct:
@@ -179,6 +183,8 @@ class SDFSMISNet(nn.Module):
             stem_input = torch.cat([query_latents, tile_prototype(prototype, query_latents)], dim=1)
         else:
             stem_input = torch.cat([query_latents, query_latents], dim=1)
+        if self.config.spatial_prior:
+            stem_input = torch.cat([stem_input, support.mask_latents[support_index].to(stem_input.dtype)], dim=1)
         output = self._unet(stem_input, self.query_stem, support.condition[support_index],
                             support.context.reading(support_index))
         return -output

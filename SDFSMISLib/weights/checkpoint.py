@@ -180,7 +180,9 @@ def assemble_network(config: SDFSMISConfig, tensors: dict[str, torch.Tensor], ba
     if stray:
         raise WeightsError(f"{source} holds tensors of unknown parts {stray}. {fix}")
     for prefix, module in model.trainable_modules().items():
-        part = {k[len(prefix) + 1:]: v.to(dtype) for k, v in tensors.items() if k.startswith(prefix + ".")}
+        # Fresh copies: tensors read from the file sit at its byte offsets, and CPU kernels round differently on
+        # unaligned memory, so the loaded model would not reproduce the saved one bit for bit.
+        part = {k[len(prefix) + 1:]: v.to(dtype, copy=True) for k, v in tensors.items() if k.startswith(prefix + ".")}
         load_strict(module, part, source, f"the SD-FSMIS {prefix} of this architecture", fix, assign=True)
     return model
 

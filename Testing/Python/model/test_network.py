@@ -117,6 +117,32 @@ def test_support_pass_tokens_change_the_query_pass(tiny_model: SDFSMISNet) -> No
     assert (without - with_support).abs().max() > 1e-4
 
 
+def test_spatial_prior_starts_as_the_paper_network_and_then_reads_the_support_mask(tiny_model: SDFSMISNet) -> None:
+    model = SDFSMISNet.from_config(tiny_model.config.replace(spatial_prior=True)).eval()
+    state = tiny_model.state_dict()
+    with torch.no_grad():
+        model.query_stem.weight[:, :8] = state.pop("query_stem.weight")
+    model.load_state_dict(state, strict=False)
+    assert model.query_stem.in_channels == 12 and not model.query_stem.weight[:, 8:].any()
+    query, support = random_images(1, seed=12), random_images(1, seed=13)
+    near, far = square_mask()[None], square_mask(start=30, stop=60)[None]
+    torch.testing.assert_close(_predict(model, query, support, near), _predict(tiny_model, query, support, near))
+    # Two masks with the same support image: only the prior channels can tell them apart once the
+    # attention path is the same, so give those channels weight and compare against the paper network.
+    with torch.no_grad():
+        model.query_stem.weight[:, 8:].normal_(0, 0.1)
+    moved = _predict(model, query, support, far) - _predict(tiny_model, query, support, far)
+    assert moved.abs().max() > 1e-3
+
+
+def test_marigold_stem_zero_copies_add_inputs_that_change_nothing() -> None:
+    base = torch.nn.Conv2d(4, 6, 3, padding=1)
+    stem = marigold_stem(base, copies=2, zero_copies=1)
+    x, extra = torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(stem(torch.cat([x, x, extra], dim=1)), base(x))
+
+
 def test_cross_attn_variant_starts_as_pretrained_and_learns() -> None:
     torch.manual_seed(0)
     model = SDFSMISNet.from_config(preset("tiny", injection="cross-attn")).eval()

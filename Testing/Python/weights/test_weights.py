@@ -74,6 +74,21 @@ def test_checkpoint_round_trip_is_bit_exact(base_model: SDFSMISNet, saved: Path,
     assert torch.equal(expected, actual)
 
 
+def test_spatial_prior_checkpoint_rebuilds_its_wider_stem(tiny_base: tuple[Path, Path], tmp_path: Path) -> None:
+    model = load_base_model(*tiny_base, spatial_prior=True).eval()
+    assert model.query_stem.in_channels == 12 and not model.query_stem.weight[:, 8:].any()
+    with torch.no_grad():
+        model.query_stem.weight[:, 8:].normal_(0, 0.1)
+    path = save_checkpoint(model, tmp_path / "prior.safetensors")
+    loaded = load_checkpoint(path, *tiny_base).eval()
+    assert loaded.config.spatial_prior
+    query, support, mask = random_images(1, 22), random_images(1, 23), square_mask()[None]
+    with torch.no_grad():
+        expected = model.predict_latents(query, model.encode_support(support, mask))
+        actual = loaded.predict_latents(query, loaded.encode_support(support, mask))
+    assert torch.equal(expected, actual)
+
+
 def test_checkpoint_stores_only_trainable_parts_and_metadata(saved: Path) -> None:
     prefixes = {name.split(".", 1)[0] for name in load_file(saved)}
     assert prefixes == {"unet", "query_stem", "support_stem", "condition_mlp"}
