@@ -9,7 +9,9 @@ Sampling follows ADNet / RPT: a random volume, a random label (supervoxel pseudo
 ground truth; 0 is background, never a class), then a random pair of adjacent slices where the
 label covers at least ``min_pixels`` pixels on both; support is slice ``s``, query ``s + 1``, the
 order swapped with probability 0.5. SSL-ALPNet's variant (``pairing="same-slice"``) uses one
-slice for both and relies on augmentation to make them differ. Setting 2 exclusion is given per
+slice for both and relies on augmentation to make them differ. ``pairing="distance"`` (ours) puts the
+query 1 to ``max_distance`` slices from the support, as propagation does: a query a few slices away from
+the nearest annotated slice, where the label may have shrunk or ended. Setting 2 exclusion is given per
 volume as ``keep_slices``: only kept slices take part. All qualifying (label, slice) candidates
 are indexed once in ``__init__``, so an episode costs one slice lookup plus augmentation.
 """
@@ -27,7 +29,7 @@ import torch
 from ..errors import InputError
 from .augmentation import augment_pair
 
-_PAIRINGS = ("adjacent", "same-slice")
+_PAIRINGS = ("adjacent", "same-slice", "distance")
 _AUGMENTS = ("support-or-query", "support", "query", "both", "none")
 _RANGE_TOLERANCE = 1e-3
 
@@ -40,12 +42,14 @@ class EpisodeOptions:
     transform on one side, each side drawn by its own coin); ``"support"`` / ``"query"`` /
     ``"both"`` apply the whole recipe to that side; ``"none"`` turns augmentation off.
     ``min_pixels`` must hold on both slices of a pair (RPT asks it of the larger one only), counted
-    at the volumes' own resolution. ``size`` resizes slices to
+    at the volumes' own resolution; with ``"distance"`` pairing it holds on the support only, and the
+    query, ``1..max_distance`` slices away (uniformly), may show less of the label or none. ``size`` resizes slices to
     ``size x size`` (image bilinear, mask nearest) within the augmentation's interpolation.
     """
 
-    pairing: Literal["adjacent", "same-slice"] = "adjacent"
+    pairing: Literal["adjacent", "same-slice", "distance"] = "adjacent"
     min_pixels: int = 200
+    max_distance: int = 1
     augment: Literal["support-or-query", "support", "query", "both", "none"] = "support-or-query"
     size: int | None = None
 
@@ -57,6 +61,8 @@ class EpisodeOptions:
         if self.pairing == "same-slice" and self.augment == "none":
             raise InputError("same-slice pairing without augmentation makes the query a copy of the support; "
                              "choose an augment mode other than 'none' or use adjacent pairing")
+        if self.max_distance < 1:
+            raise InputError(f"max_distance must be at least 1 slice, got {self.max_distance}")
         if self.min_pixels < 1:
             raise InputError(f"min_pixels must be at least 1, got {self.min_pixels}")
         if self.size is not None and self.size < 8:
@@ -124,7 +130,7 @@ def label_pixel_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _candidates(ids: np.ndarray, counts: np.ndarray, keep: np.ndarray, options: EpisodeOptions) -> _Candidates:
     """Index the (label, start slice) pairs of one volume that make a valid episode."""
     present = (counts >= options.min_pixels) & keep[:, None] & (ids != 0)[None, :]
-    usable = present if options.pairing == "same-slice" else present[:-1] & present[1:]
+    usable = present if options.pairing != "adjacent" else present[:-1] & present[1:]
     label_index, starts = np.nonzero(usable.T)  # sorted by label, then slice
     labels, first = np.unique(label_index, return_index=True)
     return _Candidates(ids[labels], np.append(first, len(label_index)), starts)
@@ -172,7 +178,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             summaries.append((ids, counts, keep))
             candidates = _candidates(ids, counts, keep, options)
             if len(candidates.labels):
-                self.volumes.append(TrainingVolume(np.asarray(volume.image, dtype=np.float32), volume.labels))
+                self.volumes.append(TrainingVolume(np.asarray(volume.image, dtype=np.float32), volume.labels, keep))
                 self.candidates.append(candidates)
             else:
                 self.skipped.append(number)
@@ -192,15 +198,23 @@ class EpisodeDataset(torch.utils.data.Dataset):
         volume, candidates = self.volumes[number], self.candidates[number]
         k = int(rng.integers(len(candidates.labels)))
         start = int(candidates.starts[rng.integers(candidates.offsets[k], candidates.offsets[k + 1])])
-        support, query = self._slice_pair(start, rng)
+        support, query = self._slice_pair(start, rng, volume.keep_slices)
         label = candidates.labels[k]
         sides = [(volume.image[s], volume.labels[s] == label) for s in (support, query)]
         return self._augment(sides, rng)
 
-    def _slice_pair(self, start: int, rng: np.random.Generator) -> tuple[int, int]:
-        """Support and query slice indices for a candidate start slice."""
+    def _slice_pair(self, start: int, rng: np.random.Generator, keep: np.ndarray) -> tuple[int, int]:
+        """Support and query slice indices for a candidate start slice; ``keep`` marks the usable slices.
+
+        A distant query on a slice Setting 2 excludes falls back to the support slice itself.
+        """
         if self.options.pairing == "same-slice":
             return start, start
+        if self.options.pairing == "distance":
+            distance = int(rng.integers(1, self.options.max_distance + 1))
+            ahead = start + distance < len(keep) and (start - distance < 0 or rng.random() < 0.5)
+            query = int(np.clip(start + distance if ahead else start - distance, 0, len(keep) - 1))
+            return start, query if keep[query] else start
         return (start + 1, start) if rng.random() < 0.5 else (start, start + 1)
 
     def _augment(self, sides: list[tuple[np.ndarray, np.ndarray]],

@@ -180,6 +180,30 @@ def test_excluded_slices_are_never_used() -> None:
     assert used == {0, 1, 2, 4, 5, 7, 8, 9}
 
 
+def test_distance_pairs_reach_every_distance_up_to_the_maximum_and_may_lose_the_label() -> None:
+    volume = synthetic_volume()
+    dataset = EpisodeDataset([volume], 200, options=EpisodeOptions(pairing="distance", max_distance=3, augment="none"))
+    distances, emptied = set(), 0
+    for episode in draw(dataset, 200):
+        support, query = slice_of(episode["support_image"]), slice_of(episode["query_image"])
+        distances.add(abs(support - query))
+        label = episode_label(episode["support_mask"], volume.labels[support])
+        assert episode["support_mask"].sum() >= 200  # min_pixels holds on the support
+        np.testing.assert_array_equal(episode["query_mask"].numpy() == 1, volume.labels[query] == label)
+        emptied += int(episode["query_mask"].sum() == 0)
+    assert distances == {1, 2, 3}
+    assert emptied > 0  # label 5 spans two slices: a query 2 or 3 slices away shows none of it
+
+
+def test_distance_pairs_never_query_an_excluded_slice() -> None:
+    volume = synthetic_volume()
+    volume.keep_slices = np.ones(SLICES, bool)
+    volume.keep_slices[[2, 5]] = False
+    dataset = EpisodeDataset([volume], 120, options=EpisodeOptions(pairing="distance", max_distance=2, augment="none"))
+    used = {slice_of(episode[f"{side}_image"]) for episode in draw(dataset, 120) for side in ("support", "query")}
+    assert used.isdisjoint({2, 5}) and len(used) >= 6
+
+
 def test_same_slice_pairing_augments_one_slice_twice() -> None:
     volume = synthetic_volume()
     dataset = EpisodeDataset([volume], 30, options=EpisodeOptions(pairing="same-slice", augment="query"))
@@ -251,6 +275,8 @@ def test_bad_inputs_are_refused() -> None:
         EpisodeOptions(pairing="same-slice", augment="none")
     with pytest.raises(InputError, match="augment"):
         EpisodeOptions(augment="sometimes")
+    with pytest.raises(InputError, match="max_distance"):
+        EpisodeOptions(pairing="distance", max_distance=0)
 
 
 def test_pixel_counts_per_slice_and_label() -> None:
