@@ -5,22 +5,20 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test benchmark demo-model clean
+.PHONY: demo test benchmark default-model clean
 
-# Rebuild the bundled tiny model and demo phantoms from scratch (about 45 minutes on a 2-core CPU):
-# phantoms -> supervoxel pseudo-labels -> tiny VAE pretraining -> SD-FSMIS training -> Resources/.
+# The bundled default model, trained here on a CPU (see README "The default model"): supervoxel pseudo-labels of
+# the CHAOS T2 patients outside fold 0 (ids 1, 2, 3, 5, 8 stay held out) plus CT and MR phantoms -> tiny VAE
+# -> SD-FSMIS with the spatial prior -> Resources/. Resumable: run it again after an interruption; finished
+# stages are kept and training continues from its saved state.
 WORK ?= work
 SDFSMIS := $(BIN)/sdfsmis
 MODEL := Resources/Models/tiny
-VAE_STEPS ?= 350
-TRAIN_STEPS ?= 600
-
-$(BIN)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $@
+CHAOS ?= ../shared/data/chaos-t2
+RUN ?= $(WORK)/default
+HELD_OUT_FOLD ?= 0
+VAE_STEPS ?= 2400
+TRAIN_STEPS ?= 1500
 
 demo: $(BIN)/.installed
 	$(BIN)/sdfsmis demo
@@ -34,18 +32,30 @@ benchmark: $(BIN)/.installed
 	$(BIN)/python benchmarks/propagate.py --slices 6 --ablation-slices 0 \
 		--json $(WORK)/propagate-quick.json --markdown $(WORK)/propagate-quick.md
 
-demo-model: $(BIN)/.installed
-	$(SDFSMIS) phantom --out $(WORK)/phantoms-mr --patients 12 --modality mr --seed 0
-	$(SDFSMIS) pseudolabels $(WORK)/phantoms-mr
-	$(SDFSMIS) tiny-base --data $(WORK)/phantoms-mr --out $(WORK)/tiny-base --steps $(VAE_STEPS) --batch-size 2 --crop 96 --lr 2e-3
-	$(SDFSMIS) train --data $(WORK)/phantoms-mr --base-model $(WORK)/tiny-base/sd --dino $(WORK)/tiny-base/dino \
-		--validation 11,12 --out $(WORK)/tiny-run --steps $(TRAIN_STEPS) --batch-size 4 --gradient-accumulation 1 \
-		--unet-lr 2e-4 --mlp-lr 5e-4 --validate-every 100 --save-every 100 --checkpoint-dtype float16
+$(RUN)/chaos-supervoxels/.done: | $(BIN)/.installed
+	$(SDFSMIS) pseudolabels $(CHAOS) --out $(@D) && touch $@
+
+$(RUN)/phantoms-%/.done: | $(BIN)/.installed
+	$(SDFSMIS) phantom --out $(@D) --patients $(if $(filter ct,$*),12,4) --modality $* --seed 0
+	$(SDFSMIS) pseudolabels $(@D) && touch $@
+
+$(RUN)/tiny-base/sd/vae/config.json: $(RUN)/chaos-supervoxels/.done $(RUN)/phantoms-ct/.done
+	$(SDFSMIS) tiny-base --data $(CHAOS) --supervoxels $(RUN)/chaos-supervoxels --fold $(HELD_OUT_FOLD) \
+		--dataset chaos-t2 --extra-data $(RUN)/phantoms-ct --out $(RUN)/tiny-base --steps $(VAE_STEPS) \
+		--batch-size 4 --crop 128 --lr 2e-3
+
+$(RUN)/sdfsmis/model.safetensors: $(RUN)/tiny-base/sd/vae/config.json $(RUN)/phantoms-mr/.done
+	$(SDFSMIS) train --data $(CHAOS) --supervoxels $(RUN)/chaos-supervoxels --fold $(HELD_OUT_FOLD) \
+		--dataset chaos-t2 --extra-data $(RUN)/phantoms-ct --extra-data $(RUN)/phantoms-mr \
+		--base-model $(RUN)/tiny-base/sd --dino $(RUN)/tiny-base/dino --spatial-prior \
+		--pairing distance --max-distance 4 --out $(RUN)/sdfsmis --steps $(TRAIN_STEPS) --batch-size 4 \
+		--gradient-accumulation 1 --unet-lr 3e-4 --mlp-lr 5e-4 --validate-every 250 --save-every 50 \
+		--checkpoint-dtype float16 $$(test -d $(RUN)/sdfsmis/state && echo --resume)
+
+default-model: $(RUN)/sdfsmis/model.safetensors
 	rm -rf $(MODEL) && mkdir -p $(MODEL)/sd/unet
-	cp -r $(WORK)/tiny-base/sd/vae $(MODEL)/sd/vae && cp -r $(WORK)/tiny-base/dino $(MODEL)/dino
-	cp $(WORK)/tiny-base/sd/unet/config.json $(MODEL)/sd/unet/ && cp $(WORK)/tiny-run/model.safetensors $(MODEL)/
-	rm -rf Resources/Data/phantoms
-	$(SDFSMIS) phantom --out Resources/Data/phantoms --patients 2 --modality mr --seed 1 --first-id 101
+	cp -r $(RUN)/tiny-base/sd/vae $(MODEL)/sd/vae && cp -r $(RUN)/tiny-base/dino $(MODEL)/dino
+	cp $(RUN)/tiny-base/sd/unet/config.json $(MODEL)/sd/unet/ && cp $< $(MODEL)/
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -8,7 +8,8 @@ Dice is over each patient's organ volume, averaged over patients:
     python benchmarks/vae_mask_reconstruction.py --json benchmarks/results/vae-mask-reconstruction.json \\
         --markdown benchmarks/results/vae-mask-reconstruction.md
 
-``--checkpoint/--base-model/--dino`` measure another model (its base model's VAE).
+``--checkpoint/--base-model/--dino`` measure another model (its base model's VAE); ``--base-model`` alone
+measures that base model's VAE before any SD-FSMIS training.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from SDFSMISLib.data.datasets import scan_folder
 from SDFSMISLib.evaluation.metrics import dice
 from SDFSMISLib.evaluation.runner import dataset_organs, patient_data
 from SDFSMISLib.model import vae_codec as codec
+from SDFSMISLib.model.config import SDFSMISConfig
+from SDFSMISLib.weights.base_model import load_vae, stable_diffusion_configs
 from SDFSMISLib.weights.loading import load_model
 from SDFSMISLib.weights.model_files import chosen_model
 
@@ -31,13 +34,20 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-
 
 
 @torch.no_grad()
-def reconstructed(model, masks: np.ndarray, batch: int = 8) -> np.ndarray:  # noqa: ANN001 - SDFSMISNet
-    """``[N, H, W]`` booleans through the VAE and back, cut at 0.5."""
+def reconstructed(vae, masks: np.ndarray, batch: int = 8) -> np.ndarray:  # noqa: ANN001 - AutoencoderKL
+    """``[N, H, W]`` booleans through the VAE and back, cut at 0.5 (as SD-FSMIS decodes a predicted mask)."""
     out = []
     for start in range(0, len(masks), batch):
-        signed = codec.mask_to_signed(torch.as_tensor(masks[start:start + batch], device=model.device))
-        out.append((model.decode_foreground(codec.encode(model.vae, signed)) > 0.5).cpu().numpy())
+        signed = codec.mask_to_signed(torch.as_tensor(masks[start:start + batch], device=vae.device))
+        out.append((codec.decode(vae, codec.encode(vae, signed)) > 0).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, *masks.shape[1:]), bool)
+
+
+def chosen_vae(args: argparse.Namespace):  # noqa: ANN201 - AutoencoderKL
+    """The VAE of the chosen model, or of ``--base-model`` alone."""
+    if args.base_model and not args.checkpoint and not args.dino:
+        return load_vae(args.base_model, stable_diffusion_configs(args.base_model)[1]).eval()
+    return load_model(chosen_model(args.checkpoint, args.base_model, args.dino), "cpu", "float32").vae
 
 
 def main() -> None:
@@ -50,18 +60,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
-    model = load_model(chosen_model(args.checkpoint, args.base_model, args.dino), "cpu", "float32")
+    vae = chosen_vae(args)
     wanted = {int(part) for part in args.patients.split(",")}
     organs = dataset_organs("chaos-t2")
     scores: dict[str, list[float]] = {name: [] for name in organs}
     for patient in [patient for patient in scan_folder(args.data) if patient.id in wanted]:
-        data = patient_data(patient, size=model.config.image_size)
+        data = patient_data(patient, size=SDFSMISConfig().image_size)
         for name, organ in organs.items():
             truth = data.labels == organ
             slices = np.flatnonzero(truth.any(axis=(1, 2)))
-            scores[name].append(dice(reconstructed(model, truth[slices]), truth[slices]))
+            scores[name].append(dice(reconstructed(vae, truth[slices]), truth[slices]))
     summary = {name: float(np.mean(values)) for name, values in scores.items()}
-    result = {"model": str(args.checkpoint or "bundled"), "patients": sorted(wanted), "dice": summary,
+    result = {"model": str(args.checkpoint or args.base_model or "bundled"), "patients": sorted(wanted), "dice": summary,
               "per_patient": scores}
     table = ("| organ | " + " | ".join(summary) + " |\n|---|" + "---|" * len(summary) + "\n"
              "| mask reconstruction Dice | " + " | ".join(f"{value:.4f}" for value in summary.values()) + " |\n")

@@ -39,14 +39,30 @@ def _command_pseudolabels(args: argparse.Namespace) -> None:
     print(f"{len(paths)} supervoxel files in {args.out or args.folder}")
 
 
+def _split_patients(args: argparse.Namespace) -> tuple[list, list]:
+    """``(training, held out)`` patients of ``--data``: the other folds' and ``--fold``'s, or all but ``--validation``."""
+    from ..data.datasets import fold_split, scan_folder
+
+    patients = scan_folder(args.data, args.supervoxels)
+    if args.fold is not None:
+        return fold_split(patients, args.fold, args.dataset)
+    validation = getattr(args, "validation", None) or ()
+    held_out = [p for p in patients if p.id in validation]
+    return [p for p in patients if p not in held_out], held_out
+
+
 def _episode_dataset(args: argparse.Namespace, patients: list, length: int, seed: int):  # noqa: ANN202
+    """Episodes over ``patients`` and every patient of the ``--extra-data`` folders."""
+    from ..data.datasets import scan_folder
     from ..data.episodes import EpisodeDataset, EpisodeOptions
     from ..training.volumes import training_volumes
 
+    patients = list(patients) + [p for folder in args.extra_data or () for p in scan_folder(folder)]
     with progress_bar("loading volumes", "patient") as progress:
         volumes = training_volumes(patients, args.labels, args.recipe, args.test_classes or (), args.setting2_rule,
                                    progress)
-    options = EpisodeOptions(pairing=args.pairing, min_pixels=args.min_pixels, augment=args.augment)
+    options = EpisodeOptions(pairing=args.pairing, min_pixels=args.min_pixels, augment=args.augment,
+                             max_distance=args.max_distance)
     return EpisodeDataset(volumes, length, seed=seed, options=options)
 
 
@@ -54,15 +70,13 @@ def _command_tiny_base(args: argparse.Namespace) -> None:
     import torch
     from diffusers import AutoencoderKL
 
-    from ..data.datasets import scan_folder
     from ..model.config import preset
     from ..training.tiny_base import pretrain_vae, write_tiny_base
 
     config = preset("tiny")
     torch.manual_seed(args.seed)
     vae = AutoencoderKL.from_config(config.vae)
-    episodes = _episode_dataset(args, scan_folder(args.data, args.supervoxels), args.steps * args.batch_size,
-                                args.seed)
+    episodes = _episode_dataset(args, _split_patients(args)[0], args.steps * args.batch_size, args.seed)
     with progress_bar("VAE pretraining", "step") as progress:
         losses = pretrain_vae(vae, episodes, args.steps, args.batch_size, args.lr, args.seed, args.crop, progress)
     base, dino = write_tiny_base(args.out, vae, config, args.seed)
@@ -89,7 +103,6 @@ def _validation_patients(args: argparse.Namespace, test: list) -> tuple:  # noqa
 def _command_train(args: argparse.Namespace) -> None:
     from accelerate import PartialState
 
-    from ..data.datasets import fold_split, scan_folder
     from ..evaluation.runner import patient_data
     from ..io.labels import DATASET_LABELS, DEFAULT_DATASET, structure
     from ..training.trainer import TrainingOptions, train
@@ -97,12 +110,7 @@ def _command_train(args: argparse.Namespace) -> None:
     from ..weights.base_model import load_base_model
     from ..weights.checkpoint import load_checkpoint
 
-    patients = scan_folder(args.data, args.supervoxels)
-    if args.fold is not None:
-        train_patients, held_out = fold_split(patients, args.fold, args.dataset)
-    else:
-        held_out = [p for p in patients if args.validation and p.id in args.validation]
-        train_patients = [p for p in patients if p not in held_out]
+    train_patients, held_out = _split_patients(args)
     options = TrainingOptions(
         steps=args.steps, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
         unet_lr=args.unet_lr, mlp_lr=args.mlp_lr, weight_decay=args.weight_decay, seed=args.seed,
@@ -111,6 +119,8 @@ def _command_train(args: argparse.Namespace) -> None:
         log_with=tuple(args.log_with.split(",")), checkpoint_dtype=args.checkpoint_dtype,
         extra={"data": str(args.data), "labels": args.labels, "fold": args.fold,
                "train_patients": [p.id for p in train_patients], "test_classes": args.test_classes,
+               "extra_data": [str(folder) for folder in args.extra_data or ()], "pairing": args.pairing,
+               "max_distance": args.max_distance,
                "setting2_rule": args.setting2_rule if args.test_classes else None})
     length = options.episodes_per_process * PartialState().num_processes
     episodes = _episode_dataset(args, train_patients, length, args.seed)
@@ -126,7 +136,7 @@ def _command_train(args: argparse.Namespace) -> None:
         network = load_checkpoint(args.checkpoint, args.base_model, args.dino)
     else:
         network = load_base_model(args.base_model, args.dino, injection=args.injection,
-                                  image_size=args.image_size)
+                                  image_size=args.image_size, spatial_prior=args.spatial_prior)
     with progress_bar("training", "step") as progress:
         final = train(network, episodes, args.out, options, validator, resume=args.resume, progress=progress)
     print(f"wrote {final}")
@@ -134,6 +144,11 @@ def _command_train(args: argparse.Namespace) -> None:
 
 def _add_episode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--supervoxels", type=Path, help="folder of supervoxel_<id> files (default: the data folder)")
+    parser.add_argument("--extra-data", type=Path, action="append",
+                        help="another dataset folder whose every patient is used (repeatable), e.g. CT phantoms")
+    parser.add_argument("--fold", type=int, help="use the other folds' patients of --data; hold this fold out")
+    parser.add_argument("--dataset", choices=("auto", "chaos-t2", "synapse-ct"), default="auto",
+                        help="fold definition and organ names")
     parser.add_argument("--labels", choices=("pseudo", "ground-truth"), default="pseudo",
                         help="supervoxel pseudo-labels (paper) or ground truth minus --test-classes (released code)")
     parser.add_argument("--recipe", default="none", help="preprocessing recipe of the data folder (default none: "
@@ -143,7 +158,11 @@ def _add_episode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--setting2-rule", choices=("or", "and"), default="or",
                         help="or: drop slices holding any test class (SSL-ALPNet, default); and: only all of them "
                         "(released RPT/SD-FSMIS code)")
-    parser.add_argument("--pairing", choices=("adjacent", "same-slice"), default="adjacent")
+    parser.add_argument("--pairing", choices=("adjacent", "same-slice", "distance"), default="adjacent",
+                        help="adjacent slices (paper), one slice twice (SSL-ALPNet), or up to --max-distance apart "
+                        "(ours: as propagation asks)")
+    parser.add_argument("--max-distance", type=int, default=1, help="largest support-query distance of "
+                        "--pairing distance, in slices")
     parser.add_argument("--augment", choices=("support-or-query", "support", "query", "both", "none"),
                         default="support-or-query")
     parser.add_argument("--min-pixels", type=int, default=200)
@@ -190,9 +209,8 @@ def register_training_commands(command: CommandFactory) -> None:
     train.add_argument("--checkpoint", type=Path, help="start from this SD-FSMIS checkpoint (adapt a trained model)")
     train.add_argument("--injection", choices=("kv-bank", "cross-attn"), default="kv-bank")
     train.add_argument("--image-size", type=int, default=256, help="network resolution")
-    train.add_argument("--fold", type=int, help="train on the other folds' patients; validate on this fold")
-    train.add_argument("--dataset", choices=("auto", "chaos-t2", "synapse-ct"), default="auto",
-                       help="fold definition and organ names")
+    train.add_argument("--spatial-prior", action="store_true",
+                       help="ours: the query stem also reads the nearest support's mask latent (zero-initialised)")
     train.add_argument("--validation", type=int_list, help="support,query patient ids held out for validation Dice")
     _add_episode_arguments(train)
     train.add_argument("--steps", type=int, default=15_000)
