@@ -71,8 +71,8 @@ def main() -> None:
             slices = np.flatnonzero(truth.any(axis=(1, 2)))
             scores[name].append(dice(reconstructed(vae, truth[slices]), truth[slices]))
     summary = {name: float(np.mean(values)) for name, values in scores.items()}
-    result = {"model": str(args.checkpoint or args.base_model or "bundled"), "patients": sorted(wanted), "dice": summary,
-              "per_patient": scores}
+    result = {"model": str(args.checkpoint or args.base_model or "bundled"), "patients": sorted(wanted),
+              "dice": summary, "per_patient": scores}
     table = ("| organ | " + " | ".join(summary) + " |\n|---|" + "---|" * len(summary) + "\n"
              "| mask reconstruction Dice | " + " | ".join(f"{value:.4f}" for value in summary.values()) + " |\n")
     print(table)

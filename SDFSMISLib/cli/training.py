@@ -40,7 +40,7 @@ def _command_pseudolabels(args: argparse.Namespace) -> None:
 
 
 def _split_patients(args: argparse.Namespace) -> tuple[list, list]:
-    """``(training, held out)`` patients of ``--data``: the other folds' and ``--fold``'s, or all but ``--validation``."""
+    """``(training, held out)`` patients of ``--data``: other folds' and ``--fold``'s, or all but ``--validation``."""
     from ..data.datasets import fold_split, scan_folder
 
     patients = scan_folder(args.data, args.supervoxels)
