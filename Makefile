@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test benchmark default-model clean
+.PHONY: demo test benchmark default-model ablation evaluate-default clean
 
 # The bundled default model, trained here on a CPU (see README "The default model"): supervoxel pseudo-labels of
 # the CHAOS T2 patients outside fold 0 (ids 1, 2, 3, 5, 8 stay held out) plus CT and MR phantoms -> tiny VAE
@@ -18,7 +18,7 @@ CHAOS ?= ../shared/data/chaos-t2
 RUN ?= $(WORK)/default
 HELD_OUT_FOLD ?= 0
 VAE_STEPS ?= 2400
-TRAIN_STEPS ?= 1500
+TRAIN_STEPS ?= 2700
 
 demo: $(BIN)/.installed
 	$(BIN)/sdfsmis demo
@@ -44,18 +44,52 @@ $(RUN)/tiny-base/sd/vae/config.json: $(RUN)/chaos-supervoxels/.done $(RUN)/phant
 		--dataset chaos-t2 --extra-data $(RUN)/phantoms-ct --out $(RUN)/tiny-base --steps $(VAE_STEPS) \
 		--batch-size 4 --crop 128 --lr 2e-3
 
-$(RUN)/sdfsmis/model.safetensors: $(RUN)/tiny-base/sd/vae/config.json $(RUN)/phantoms-mr/.done
-	$(SDFSMIS) train --data $(CHAOS) --supervoxels $(RUN)/chaos-supervoxels --fold $(HELD_OUT_FOLD) \
-		--dataset chaos-t2 --extra-data $(RUN)/phantoms-ct --extra-data $(RUN)/phantoms-mr \
-		--base-model $(RUN)/tiny-base/sd --dino $(RUN)/tiny-base/dino --spatial-prior \
-		--pairing distance --max-distance 4 --out $(RUN)/sdfsmis --steps $(TRAIN_STEPS) --batch-size 4 \
-		--gradient-accumulation 1 --unet-lr 3e-4 --mlp-lr 5e-4 --validate-every 250 --save-every 50 \
-		--checkpoint-dtype float16 $$(test -d $(RUN)/sdfsmis/state && echo --resume)
+# Training shared by the default model and its ablations; each run folder resumes from its own state/.
+TRAIN_ARGS = --data $(CHAOS) --supervoxels $(RUN)/chaos-supervoxels --fold $(HELD_OUT_FOLD) --dataset chaos-t2 \
+	--extra-data $(RUN)/phantoms-ct --extra-data $(RUN)/phantoms-mr \
+	--base-model $(RUN)/tiny-base/sd --dino $(RUN)/tiny-base/dino --steps $(TRAIN_STEPS) --batch-size 4 \
+	--gradient-accumulation 1 --unet-lr 3e-4 --mlp-lr 5e-4 --validate-every 250 --save-every 50 \
+	--checkpoint-dtype float16 --out $(@D) $$(test -d $(@D)/state && echo --resume)
+TRAINING_INPUTS := $(RUN)/tiny-base/sd/vae/config.json $(RUN)/phantoms-mr/.done
+
+$(RUN)/sdfsmis/model.safetensors: $(TRAINING_INPUTS)
+	$(SDFSMIS) train $(TRAIN_ARGS) --spatial-prior --pairing distance --max-distance 4
+
+# Ablations: the default recipe with one of our options taken back (the paper's adjacent pairs; no spatial prior).
+$(RUN)/adjacent-pairs/model.safetensors: $(TRAINING_INPUTS)
+	$(SDFSMIS) train $(TRAIN_ARGS) --spatial-prior --pairing adjacent
+
+$(RUN)/no-spatial-prior/model.safetensors: $(TRAINING_INPUTS)
+	$(SDFSMIS) train $(TRAIN_ARGS) --pairing distance --max-distance 4
+
+ablation: $(RUN)/no-spatial-prior/model.safetensors $(RUN)/adjacent-pairs/model.safetensors
 
 default-model: $(RUN)/sdfsmis/model.safetensors
-	rm -rf $(MODEL) && mkdir -p $(MODEL)/sd/unet
+	rm -rf $(MODEL)/sd $(MODEL)/dino $(MODEL)/model.safetensors && mkdir -p $(MODEL)/sd/unet
 	cp -r $(RUN)/tiny-base/sd/vae $(MODEL)/sd/vae && cp -r $(RUN)/tiny-base/dino $(MODEL)/dino
 	cp $(RUN)/tiny-base/sd/unet/config.json $(MODEL)/sd/unet/ && cp $< $(MODEL)/
+
+# The bundled model on its held-out fold in both ways of working, next to copy and Fill between slices, and each
+# ablation beside it (EVALUATED=...), into Documentation/evaluation/ (about 10 minutes per model on 2 cores).
+EVALUATION := Documentation/evaluation
+EVALUATE = $(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds $(HELD_OUT_FOLD)
+ABLATION_MODEL = --checkpoint $(RUN)/$*/model.safetensors --base-model $(RUN)/tiny-base/sd --dino $(RUN)/tiny-base/dino
+
+evaluate-default: $(BIN)/.installed
+	$(EVALUATE) --mode same-patient --query-range estimated --out $(WORK)/evaluation/default-same-estimated
+	$(EVALUATE) --mode same-patient --query-range ground-truth --out $(WORK)/evaluation/default-same-ground-truth
+	$(EVALUATE) --out $(WORK)/evaluation/default-cross
+	for run in same-estimated same-ground-truth cross; do \
+		cp $(WORK)/evaluation/default-$$run/results.json $(EVALUATION)/default-fold$(HELD_OUT_FOLD)-$$run.json; \
+		cp $(WORK)/evaluation/default-$$run/table.md $(EVALUATION)/default-fold$(HELD_OUT_FOLD)-$$run.md; done
+
+evaluate-%: $(RUN)/%/model.safetensors
+	$(EVALUATE) --mode same-patient --query-range estimated --methods sdfsmis $(ABLATION_MODEL) --label "$*" \
+		--out $(WORK)/evaluation/$*-same-estimated
+	$(EVALUATE) --methods sdfsmis $(ABLATION_MODEL) --label "$*" --out $(WORK)/evaluation/$*-cross
+	for run in same-estimated cross; do \
+		cp $(WORK)/evaluation/$*-$$run/results.json $(EVALUATION)/$*-fold$(HELD_OUT_FOLD)-$$run.json; \
+		cp $(WORK)/evaluation/$*-$$run/table.md $(EVALUATION)/$*-fold$(HELD_OUT_FOLD)-$$run.md; done
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

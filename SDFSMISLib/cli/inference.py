@@ -208,9 +208,10 @@ def _compare(mode: str, result, truth: np.ndarray, organs: list[int],  # noqa: A
         methods["fill between"] = fill_between_labelmap(annotation, organs).array
     print(f"Dice against the phantom truth ({mode}, whole volume, estimated query range):")
     print(f"  {'':14s} " + " ".join(f"{name:>12s}" for name in methods))
-    for organ in organs:
-        print(f"  {structure(organ).name:14s} "
-              + " ".join(f"{dice(labels == organ, truth == organ):12.3f}" for labels in methods.values()))
+    scores = {name: [dice(labels == organ, truth == organ) for organ in organs] for name, labels in methods.items()}
+    for row, organ in enumerate(organs):
+        print(f"  {structure(organ).name:14s} " + " ".join(f"{values[row]:12.3f}" for values in scores.values()))
+    print(f"  {'mean':14s} " + " ".join(f"{np.mean(values):12.3f}" for values in scores.values()))
     if annotation is not None and "fill between" not in methods:
         print("  (pip install 'SDFSMISLib[evaluation]' to compare with 3D Slicer's Fill between slices)")
 

@@ -154,7 +154,7 @@ def test_demo_reports_dice_and_writes_a_segmentation_and_overlays(model_args: li
     assert "Dice" in text and all(organ in text for organ in ("liver", "right kidney", "left kidney", "spleen"))
     # next to what 3D Slicer gives for free, in both ways of working
     assert "atlas patient to new patient" in text and "same patient" in text
-    assert text.count("SDFSMIS         copy") == 2 and "fill between" in text
+    assert text.count("SDFSMIS         copy") == 2 and "fill between" in text and text.count("  mean ") == 2
     assert read_labelmap(out / "query_2.seg.nrrd").same_grid(read_volume(phantoms / "image_2.nii.gz"))
     assert sorted(path.name for path in out.glob("*.png")) == [
         "overlay_left_kidney.png", "overlay_liver.png", "overlay_right_kidney.png", "overlay_spleen.png"]
