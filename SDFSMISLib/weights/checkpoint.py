@@ -163,7 +163,7 @@ def assemble_network(config: SDFSMISConfig, tensors: dict[str, torch.Tensor], ba
     """Network from trained tensors (prefixed as in a checkpoint) plus the base VAE and DINOv2.
 
     The UNet is built on the meta device and takes the checkpoint's tensors directly, so the
-    860M-parameter body is never randomly initialised only to be overwritten.
+    860M-parameter body is never randomly initialised only to be overwritten. ``tensors`` is emptied.
     """
     _check_base(config, base_model, dino, source)
     vae = load_vae(base_model, config.vae)
@@ -181,8 +181,10 @@ def assemble_network(config: SDFSMISConfig, tensors: dict[str, torch.Tensor], ba
         raise WeightsError(f"{source} holds tensors of unknown parts {stray}. {fix}")
     for prefix, module in model.trainable_modules().items():
         # Fresh copies: tensors read from the file sit at its byte offsets, and CPU kernels round differently on
-        # unaligned memory, so the loaded model would not reproduce the saved one bit for bit.
-        part = {k[len(prefix) + 1:]: v.to(dtype, copy=True) for k, v in tensors.items() if k.startswith(prefix + ".")}
+        # unaligned memory, so the loaded model would not reproduce the saved one bit for bit. Each file tensor is
+        # dropped once copied, so the copies add one tensor, not one model, to the peak.
+        names = [k for k in tensors if k.startswith(prefix + ".")]
+        part = {k[len(prefix) + 1:]: tensors.pop(k).to(dtype, copy=True) for k in names}
         load_strict(module, part, source, f"the SD-FSMIS {prefix} of this architecture", fix, assign=True)
     return model
 
