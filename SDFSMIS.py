@@ -33,8 +33,9 @@ class SDFSMIS(ScriptedLoadableModule):
             "or the volume itself), pick the query volume and press Run: SD-FSMIS, a one-step Stable Diffusion "
             "1.5 model adapted to few-shot segmentation, propagates the segments through the whole query. "
             "Correct a slice of the result, add it as corrected and Run again to update its neighbourhood; "
-            "export as .seg.nrrd or DICOM-SEG. Without weights of your own the bundled demo model runs "
-            "(trained on synthetic phantoms only). See the extension's README, section 'Use in 3D Slicer'."
+            "export as .seg.nrrd or DICOM-SEG. Without weights of your own the bundled default model runs "
+            "(a small model trained on CHAOS MR pseudo-labels and phantoms; its weights are CC BY-NC-SA 4.0, "
+            "non-commercial). See the extension's README, section 'Use in 3D Slicer'."
             f"<br><br>If you use this module, please cite: {CITATION}"
         )
         self.parent.acknowledgementText = _(
