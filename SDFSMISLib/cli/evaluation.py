@@ -38,12 +38,11 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def _model_files(args: argparse.Namespace) -> tuple[str, Path, Path]:
-    """Checkpoint (possibly with ``{fold}``), base model and DINOv2: the user's, or the bundled model's."""
+def _model_files(args: argparse.Namespace):  # noqa: ANN202 - ModelFiles, imported here
+    """Checkpoint, base model and DINOv2 (any of them with ``{fold}``): the user's, or the bundled model's."""
     from ..weights.model_files import chosen_model
 
-    files = chosen_model(args.checkpoint, args.base_model, args.dino, checkpoint_pattern=True)
-    return str(files.checkpoint), files.base_model, files.dino
+    return chosen_model(args.checkpoint, args.base_model, args.dino, fold_pattern=True)
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -72,11 +71,11 @@ def _command_evaluate(args: argparse.Namespace) -> None:
     organ_names = _choices(args.organs, PAPER_ORDER, "organs")
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file; give a folder for the reports")
-    pattern, base_model, dino = _model_files(args) if MODEL_METHODS & set(methods) else (None, None, None)
+    pattern = _model_files(args) if MODEL_METHODS & set(methods) else None
     settings = _settings(args)
     plans = plan_folds(args.data, args.folds, settings, pattern)
     with progress_bar("evaluating", "case") as progress:
-        run = evaluate_folds(plans, methods, organ_names, settings, base_model, dino, progress)
+        run = evaluate_folds(plans, methods, organ_names, settings, progress)
     write_reports(args.out, plans, methods, run, settings, _command_line(args))
     print((args.out / "table.md").read_text(encoding="utf-8"), end="")
     print(f"wrote {args.out}/results.json, table.md, dice.png and {len(run.overlays)} overlays")
@@ -108,7 +107,8 @@ def register_evaluation_commands(command: CommandFactory) -> None:
                           "default: " + "; ".join(f"{mode}: {methods}" for mode, methods in DEFAULT_METHODS.items())
                           + ")")
     evaluate.add_argument("--organs", default=",".join(PAPER_ORDER), help="organs to score")
-    evaluate.add_argument("--checkpoint", help="SD-FSMIS checkpoint; {fold} in the path is replaced by the fold "
+    evaluate.add_argument("--checkpoint", help="SD-FSMIS checkpoint; {fold} in this or the next two paths is replaced "
+                          "by the fold "
                           "(one model per fold). Default: the bundled model")
     evaluate.add_argument("--base-model", type=Path, help="SD-1.5 folder or file the checkpoint was trained on")
     evaluate.add_argument("--dino", type=Path, help="DINOv2 folder the checkpoint was trained with")

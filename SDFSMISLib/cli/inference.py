@@ -218,7 +218,7 @@ def _compare(mode: str, result, truth: np.ndarray, organs: list[int],  # noqa: A
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="SD-FSMIS checkpoint (.safetensors); default: the bundled "
-                        "tiny demo model")
+                        "tiny default model")
     parser.add_argument("--base-model", type=Path, help="the SD-1.5 folder or file the checkpoint was trained on")
     parser.add_argument("--dino", type=Path, help="the DINOv2 folder the checkpoint was trained with")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cuda, cuda:N, mps "

@@ -11,7 +11,7 @@ Two modes, the two ways a user works:
 
 Methods:
 
-* ``sdfsmis``: the model (a ``{fold}`` in the checkpoint path loads one model per fold).
+* ``sdfsmis``: the model (a ``{fold}`` in its paths loads one model per fold: checkpoint, base model, DINOv2).
 * ``copy``: each query slice gets its assigned support mask
   (:func:`SDFSMISLib.evaluation.baselines.copy_nearest_support`).
 * ``prototype``: training-free PANet on the frozen VAE latent mean of the same model (``vae``, the default) or on
@@ -32,7 +32,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, astuple, dataclass, field, fields
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..progress import ProgressCallback, report
+from ..weights.model_files import ModelFiles, layout_problem
 from .contour_interpolation import require_itk
 
 if TYPE_CHECKING:
@@ -80,13 +81,13 @@ class EvaluationSettings:
 
 @dataclass(frozen=True)
 class FoldPlan:
-    """One test fold: its support and query patients and the checkpoint of the model tested on it (in the
+    """One test fold: its support and query patients and the model files tested on it (in the
     same-patient mode every patient is its own support: ``support`` is just the first of them)."""
 
     fold: int
     support: Patient
     queries: list[Patient]
-    checkpoint: Path | None
+    model: ModelFiles | None
 
 
 @dataclass(frozen=True)
@@ -120,18 +121,25 @@ class Run:
     seconds: float = 0.0
 
 
-def fold_checkpoint(pattern: str | None, fold: int) -> Path | None:
-    """The checkpoint of ``fold``: ``{fold}`` in the pattern replaced by the fold number; it must exist."""
+def fold_model(pattern: ModelFiles | None, fold: int) -> ModelFiles | None:
+    """The model files of ``fold``: ``{fold}`` in each path replaced by the fold number; each must exist.
+
+    A fold's model is held out from that fold whole, base model included when the base model was trained too
+    (the tiny VAE of ``sdfsmis tiny-base --fold F``).
+    """
     if pattern is None:
         return None
-    path = Path(pattern.replace(FOLD_FIELD, str(fold)))
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} (fold {fold}) does not exist; train it or fix --checkpoint")
-    return path
+    files = ModelFiles(*(Path(str(path).replace(FOLD_FIELD, str(fold))) for path in astuple(pattern)))
+    for part in fields(files):
+        problem = layout_problem(part.name, getattr(files, part.name))
+        if problem:
+            raise InputError(f"fold {fold}: {problem}")
+    return files
 
 
-def plan_folds(data: Path, folds: Sequence[int], settings: EvaluationSettings, pattern: str | None) -> list[FoldPlan]:
-    """Support, queries and checkpoint of every requested fold, after checking the folder has what they need."""
+def plan_folds(data: Path, folds: Sequence[int], settings: EvaluationSettings,
+               pattern: ModelFiles | None) -> list[FoldPlan]:
+    """Support, queries and model of every requested fold, after checking the folder has what they need."""
     from ..data.datasets import fold_split, scan_folder
     from .protocol import test_support_and_queries
 
@@ -150,15 +158,15 @@ def plan_folds(data: Path, folds: Sequence[int], settings: EvaluationSettings, p
         if unlabelled:
             raise InputError(f"{data}: patients {unlabelled} of fold {fold} have no label_<id> file; "
                              "evaluation needs the ground truth of every test patient")
-        checkpoint = fold_checkpoint(pattern, fold)
+        model = fold_model(pattern, fold)
         if settings.mode == "cross-patient":
-            plans.append(FoldPlan(fold, *test_support_and_queries(test, settings.support_index), checkpoint))
+            plans.append(FoldPlan(fold, *test_support_and_queries(test, settings.support_index), model))
             continue
         # neighbouring CHAOS folds share a patient: with the same model it is scored once
-        test = [patient for patient in test if (patient.id, checkpoint) not in scored]
-        scored |= {(patient.id, checkpoint) for patient in test}
+        test = [patient for patient in test if (patient.id, model) not in scored]
+        scored |= {(patient.id, model) for patient in test}
         if test:
-            plans.append(FoldPlan(fold, test[0], test[1:], checkpoint))
+            plans.append(FoldPlan(fold, test[0], test[1:], model))
     return plans
 
 
@@ -221,16 +229,14 @@ def check_methods(methods: Sequence[str], mode: str) -> None:
 
 
 def evaluate_folds(plans: list[FoldPlan], methods: list[str], organ_names: list[str], settings: EvaluationSettings,
-                   base_model: Path | None = None, dino: Path | None = None,
                    progress: ProgressCallback | None = None) -> Run:
-    """Every method on every fold, organ and query patient; the model is reloaded only when the file changes."""
+    """Every method on every fold, organ and query patient; the model is reloaded only when its files change."""
     from ..weights.loading import load_model
-    from ..weights.model_files import ModelFiles
     from .runner import dataset_organs, evaluate_fold, patient_data
     from .same_patient import evaluate_own_fold
 
-    if MODEL_METHODS & set(methods) and (base_model is None or dino is None):
-        raise InputError(f"methods {sorted(MODEL_METHODS & set(methods))} need the model's base model and DINOv2")
+    if MODEL_METHODS & set(methods) and any(plan.model is None for plan in plans):
+        raise InputError(f"methods {sorted(MODEL_METHODS & set(methods))} need a model: plan the folds with one")
     check_methods(methods, settings.mode)
     same_patient = settings.mode == "same-patient"
     run, model, loaded, done = Run(), None, None, 0
@@ -242,10 +248,10 @@ def evaluate_folds(plans: list[FoldPlan], methods: list[str], organ_names: list[
         if not run.organs:  # 'auto' reads the label layout off the first support patient
             table = dataset_organs(settings.dataset, support.labels)
             run.organs = {name: table[name] for name in organ_names}
-        if MODEL_METHODS & set(methods) and plan.checkpoint != loaded:
+        if MODEL_METHODS & set(methods) and plan.model != loaded:
             # float32 on every device, as the paper evaluates; the device's layout comes with load_model.
-            model = load_model(ModelFiles(plan.checkpoint, base_model, dino), settings.device, "float32")
-            loaded = plan.checkpoint
+            model = load_model(plan.model, settings.device, "float32")
+            loaded = plan.model
 
         def on_case(method: str, name: str, query: PatientData, case: OrganCase) -> None:
             nonlocal done
@@ -317,7 +323,8 @@ def write_reports(out: Path, plans: list[FoldPlan], methods: list[str], run: Run
         "k_shot": settings.k_shot,
         "query_range": settings.query_range,
         "dataset": settings.dataset, "organs": run.organs, "methods": labels,
-        "folds": [{"fold": plan.fold, "checkpoint": plan.checkpoint,
+        "folds": [{"fold": plan.fold, **({} if plan.model is None else {part: str(path) for part, path in
+                                                                        asdict(plan.model).items()}),
                    **({"support": plan.support.id, "queries": [q.id for q in plan.queries]}
                       if settings.mode == "cross-patient" else
                       {"patients": [p.id for p in (plan.support, *plan.queries)]})} for plan in plans],

@@ -1,7 +1,7 @@
 """Architecture configurations of SD-FSMIS at two scales.
 
 The same code builds the full Stable Diffusion 1.5 + DINOv2 network (the user's
-weights) and a tiny network of the same block types (tests, CI, the bundled demo).
+weights) and a tiny network of the same block types (tests, CI, the bundled default model).
 The SD-1.5 and DINOv2 configurations are embedded verbatim so that nothing is
 fetched from a hub to build the architecture.
 """
@@ -202,7 +202,7 @@ def preset(name: str, *, dino: str | None = None, **options: Any) -> SDFSMISConf
 
     Args:
         name: ``sd15`` (Stable Diffusion 1.5 + DINOv2) or ``tiny`` (same block types, small
-            widths, for tests and the bundled demo).
+            widths, for tests and the bundled default model).
         dino: ``small`` (paper, default for ``sd15``), ``base`` (released script) or ``tiny``.
         **options: any other :class:`SDFSMISConfig` field, e.g. ``injection="cross-attn"``.
     """

@@ -128,7 +128,7 @@ class SDFSMISLogic:
     @staticmethod
     def modelRequest(checkpoint: str = "", baseModel: str = "", dino: str = "", device: str = "auto",
                      dtype: str = "auto") -> ModelRequest:
-        """The model the panel names; none of the three paths = the bundled demo model."""
+        """The model the panel names; none of the three paths = the bundled default model."""
         return ModelRequest(chosen_model(checkpoint, baseModel, dino), device, dtype)
 
     @staticmethod

@@ -56,8 +56,8 @@ class ModelSection:
         paths = {key: getattr(self.ui, name).currentPath.strip() for key, name in MODEL_PATH_WIDGETS.items()}
         problems = [layout_problem(key, path) for key, path in paths.items() if path]
         if not any(paths.values()):
-            text = ("No model chosen: the bundled demo model (trained on synthetic phantoms; it shows the workflow "
-                    "but is not meant for clinical images).")
+            text = ("No model chosen: the bundled default model (small, trained on abdominal MR and phantoms; "
+                    "research use, non-commercial licence CC BY-NC-SA 4.0).")
         elif problems and any(problems):
             text = "\n".join(problem for problem in problems if problem)
         elif not all(paths.values()):

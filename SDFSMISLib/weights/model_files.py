@@ -43,17 +43,17 @@ def bundled_model() -> ModelFiles:
     files = ModelFiles(MODEL_FOLDER / "model.safetensors", MODEL_FOLDER / "sd", MODEL_FOLDER / "dino")
     missing = [str(path) for path in (files.checkpoint, files.base_model, files.dino) if not path.exists()]
     if missing:
-        raise InputError(f"the bundled demo model is missing ({', '.join(missing)}): this install has no "
+        raise InputError(f"the bundled default model is missing ({', '.join(missing)}): this install has no "
                          "Resources/ folder. Use a source checkout (pip install -e .), run `make demo-model` to "
                          "rebuild it, or give the checkpoint, the base model and DINOv2")
     return files
 
 
 def chosen_model(checkpoint: str | Path | None, base_model: str | Path | None, dino: str | Path | None,
-                 checkpoint_pattern: bool = False) -> ModelFiles:
+                 fold_pattern: bool = False) -> ModelFiles:
     """The model the user named, or the bundled one when none; a partial set or a wrong layout is refused.
 
-    ``checkpoint_pattern``: the checkpoint path names one file per fold (``{fold}``), checked where it is used.
+    ``fold_pattern``: a path holding ``{fold}`` names one file or folder per fold, checked where it is used.
     """
     given = [str(path).strip() if path else "" for path in (checkpoint, base_model, dino)]
     if not any(given):
@@ -61,9 +61,11 @@ def chosen_model(checkpoint: str | Path | None, base_model: str | Path | None, d
     if not all(given):
         raise InputError("the SD-FSMIS checkpoint, the base model (SD-1.5) and DINOv2 go together (the checkpoint "
                          "holds only the trained parts): give all three (--checkpoint, --base-model, --dino), or "
-                         "none for the bundled demo model")
+                         "none for the bundled default model")
     files = ModelFiles(*(Path(path) for path in given))
-    for part in ("base_model", "dino") if checkpoint_pattern else ("checkpoint", "base_model", "dino"):
+    for part in ("checkpoint", "base_model", "dino"):
+        if fold_pattern and "{fold}" in str(getattr(files, part)):
+            continue
         problem = layout_problem(part, getattr(files, part))
         if problem:
             raise InputError(problem)

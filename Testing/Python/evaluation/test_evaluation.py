@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,8 @@ def test_evaluate_writes_every_report(phantoms: Path, model_files: list[str], tm
     record = json.loads((out / "results.json").read_text())
     assert record["methods"] == {"sdfsmis": "tiny", "copy": "Copy nearest support",
                                  "prototype": "Prototype (PANet, frozen VAE latents)"}
-    assert record["folds"] == [{"fold": 0, "support": 3, "queries": [1, 2], "checkpoint": pattern.format(fold=0)}]
+    assert record["folds"] == [{"fold": 0, "support": 3, "queries": [1, 2], "checkpoint": pattern.format(fold=0),
+                                "base_model": base, "dino": dino}]
     assert record["setting"] == 2 and record["organs"] == {"Liver": 1} and "torch" in record["versions"]
     assert "--folds 0" in record["command"] and "--setting 2" in record["command"]
     for method in ("sdfsmis", "copy", "prototype"):
@@ -75,6 +77,21 @@ def test_evaluate_writes_every_report(phantoms: Path, model_files: list[str], tm
     assert (out / "dice.png").read_bytes()[:4] == b"\x89PNG"
     overlays = sorted(path.name for path in (out / "overlays").iterdir())
     assert overlays == ["fold0_copy_Liver.png", "fold0_prototype_Liver.png", "fold0_sdfsmis_Liver.png"]
+
+
+def test_each_fold_can_bring_its_own_base_model(phantoms: Path, model_files: list[str], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A fold's model is held out whole: ``{fold}`` in the base model and DINOv2 paths too."""
+    pattern, base, dino = model_files[:3]
+    shutil.copytree(base, tmp_path / "base0")
+    per_fold = ["--checkpoint", pattern, "--base-model", str(tmp_path / "base{fold}"), "--dino", dino,
+                "--methods", "sdfsmis", "--organs", "Liver"]
+    assert evaluate(phantoms, tmp_path / "one", "--folds", "0", *per_fold) == 0
+    record = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert record["folds"][0]["base_model"] == str(tmp_path / "base0")
+    assert evaluate(phantoms, tmp_path / "two", "--folds", "0,1", *per_fold) == 2
+    assert f"fold 1: {tmp_path / 'base1'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists()  # refused before any work
 
 
 def read_array(path: Path) -> np.ndarray:
