@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test benchmark default-model ablation evaluate-default clean
+.PHONY: demo test benchmark default-model ablation held-out-model evaluate-default evaluate-folds clean
 
 # The bundled default model, trained here on a CPU (see README "The default model"): supervoxel pseudo-labels of
 # the CHAOS T2 patients outside fold 0 (ids 1, 2, 3, 5, 8 stay held out) plus CT and MR phantoms -> tiny VAE
@@ -15,8 +15,8 @@ WORK ?= work
 SDFSMIS := $(BIN)/sdfsmis
 MODEL := Resources/Models/tiny
 CHAOS ?= ../shared/data/chaos-t2
-RUN ?= $(WORK)/default
 HELD_OUT_FOLD ?= 0
+RUN ?= $(WORK)/fold$(HELD_OUT_FOLD)
 VAE_STEPS ?= 2400
 TRAIN_STEPS ?= 2700
 
@@ -64,6 +64,9 @@ $(RUN)/no-spatial-prior/model.safetensors: $(TRAINING_INPUTS)
 
 ablation: $(RUN)/no-spatial-prior/model.safetensors $(RUN)/adjacent-pairs/model.safetensors
 
+# The model of another held-out fold (HELD_OUT_FOLD=1..4), for the cross-validated evaluation below.
+held-out-model: $(RUN)/sdfsmis/model.safetensors
+
 default-model: $(RUN)/sdfsmis/model.safetensors
 	rm -rf $(MODEL)/sd $(MODEL)/dino $(MODEL)/model.safetensors && mkdir -p $(MODEL)/sd/unet
 	cp -r $(RUN)/tiny-base/sd/vae $(MODEL)/sd/vae && cp -r $(RUN)/tiny-base/dino $(MODEL)/dino
@@ -82,6 +85,19 @@ evaluate-default: $(BIN)/.installed
 	for run in same-estimated same-ground-truth cross; do \
 		cp $(WORK)/evaluation/default-$$run/results.json $(EVALUATION)/default-fold$(HELD_OUT_FOLD)-$$run.json; \
 		cp $(WORK)/evaluation/default-$$run/table.md $(EVALUATION)/default-fold$(HELD_OUT_FOLD)-$$run.md; done
+
+# Every fold scored by its own model (after held-out-model for each fold): both ways of working, all 20 patients.
+FOLD_MODELS = --checkpoint '$(WORK)/fold{fold}/sdfsmis/model.safetensors' \
+	--base-model '$(WORK)/fold{fold}/tiny-base/sd' --dino '$(WORK)/fold{fold}/tiny-base/dino'
+
+evaluate-folds: $(BIN)/.installed
+	$(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds 0,1,2,3,4 --mode same-patient \
+		--query-range estimated $(FOLD_MODELS) --out $(WORK)/evaluation/folds-same-estimated
+	$(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds 0,1,2,3,4 $(FOLD_MODELS) \
+		--out $(WORK)/evaluation/folds-cross
+	for run in same-estimated cross; do \
+		cp $(WORK)/evaluation/folds-$$run/results.json $(EVALUATION)/folds-$$run.json; \
+		cp $(WORK)/evaluation/folds-$$run/table.md $(EVALUATION)/folds-$$run.md; done
 
 evaluate-%: $(RUN)/%/model.safetensors
 	$(EVALUATE) --mode same-patient --query-range estimated --methods sdfsmis $(ABLATION_MODEL) --label "$*" \
