@@ -20,6 +20,13 @@ RUN ?= $(WORK)/fold$(HELD_OUT_FOLD)
 VAE_STEPS ?= 2400
 TRAIN_STEPS ?= 2700
 
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
 demo: $(BIN)/.installed
 	$(BIN)/sdfsmis demo
 
