@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test benchmark default-model ablation held-out-model evaluate-default evaluate-folds clean
 
-# The bundled default model, trained here on a CPU (see README "The default model"): supervoxel pseudo-labels of
+# The bundled default model, trained here on a CPU (see README "The bundled default model"): supervoxel pseudo-labels of
 # the CHAOS T2 patients outside fold 0 (ids 1, 2, 3, 5, 8 stay held out) plus CT and MR phantoms -> tiny VAE
 # -> SD-FSMIS with the spatial prior -> Resources/. Resumable: run it again after an interruption; finished
 # stages are kept and training continues from its saved state.
