@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from SDFSMISLib.data.phantom import generate_phantom
 from SDFSMISLib.evaluation.baselines import fill_between_slices
@@ -40,3 +45,31 @@ def test_fill_between_labelmap_fills_each_label_along_the_slice_axis() -> None:
         expected = fill_between_slices(annotation.array.shape, slices, annotation.array[slices] == label)
         assert np.array_equal(filled == label, expected)  # liver and spleen do not meet
         assert (filled == label).sum() > (annotation.array == label).sum()  # slices between were filled
+
+
+# What the ``sdfsmis`` console script does: import the command line (and with it SimpleITK) at the top, then work.
+SDFSMIS_LIKE_SCRIPT = """
+import sys
+from pathlib import Path
+from SDFSMISLib.cli.main import main  # noqa: F401
+import numpy as np
+if __name__ == "__main__":
+    from SDFSMISLib.evaluation import contour_interpolation
+    volume = np.zeros((7, 32, 32), np.uint8)
+    volume[1, 8:20, 8:20] = volume[5, 10:24, 9:22] = 1
+    filled = contour_interpolation.interpolate(volume)
+    maps = Path(f"/proc/{contour_interpolation._worker().pid}/maps").read_text()
+    print(bool(filled[2:5].any(axis=(1, 2)).all() and not filled[[0, 6]].any()), "itk" in maps.lower(),
+          "SimpleITK" in maps)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the worker's memory map (Linux)")
+def test_contour_interpolation_runs_where_simpleitk_is_not_loaded(tmp_path: Path) -> None:
+    """The two ITK builds corrupt a shared heap: under the sdfsmis command (which loads SimpleITK) the worker
+    must still load itk alone. A multiprocessing child re-imported the command's script, and SimpleITK with it."""
+    script = tmp_path / "sdfsmis_like.py"
+    script.write_text(SDFSMIS_LIKE_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "False"]  # interpolated, itk loaded, SimpleITK not
