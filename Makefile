@@ -83,15 +83,17 @@ default-model: $(RUN)/sdfsmis/model.safetensors
 # ablation beside it (EVALUATED=...), into Documentation/evaluation/ (about 10 minutes per model on 2 cores).
 EVALUATION := Documentation/evaluation
 EVALUATE = $(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds $(HELD_OUT_FOLD)
+# $(call keep_results,NAME,RUNS,SUFFIX): copy work/evaluation/NAME-RUN/{results.json,table.md} into the docs.
+keep_results = for run in $(2); do \
+	cp $(WORK)/evaluation/$(1)-$$run/results.json $(EVALUATION)/$(1)$(3)-$$run.json; \
+	cp $(WORK)/evaluation/$(1)-$$run/table.md $(EVALUATION)/$(1)$(3)-$$run.md; done
 ABLATION_MODEL = --checkpoint $(RUN)/$*/model.safetensors --base-model $(RUN)/tiny-base/sd --dino $(RUN)/tiny-base/dino
 
 evaluate-default: $(BIN)/.installed
 	$(EVALUATE) --mode same-patient --query-range estimated --out $(WORK)/evaluation/default-same-estimated
 	$(EVALUATE) --mode same-patient --query-range ground-truth --out $(WORK)/evaluation/default-same-ground-truth
 	$(EVALUATE) --out $(WORK)/evaluation/default-cross
-	for run in same-estimated same-ground-truth cross; do \
-		cp $(WORK)/evaluation/default-$$run/results.json $(EVALUATION)/default-fold$(HELD_OUT_FOLD)-$$run.json; \
-		cp $(WORK)/evaluation/default-$$run/table.md $(EVALUATION)/default-fold$(HELD_OUT_FOLD)-$$run.md; done
+	$(call keep_results,default,same-estimated same-ground-truth cross,-fold$(HELD_OUT_FOLD))
 
 # Every fold scored by its own model (after held-out-model for each fold): both ways of working, all 20 patients.
 FOLD_MODELS = --checkpoint '$(WORK)/fold{fold}/sdfsmis/model.safetensors' \
@@ -102,17 +104,13 @@ evaluate-folds: $(BIN)/.installed
 		--query-range estimated $(FOLD_MODELS) --out $(WORK)/evaluation/folds-same-estimated
 	$(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds 0,1,2,3,4 $(FOLD_MODELS) \
 		--out $(WORK)/evaluation/folds-cross
-	for run in same-estimated cross; do \
-		cp $(WORK)/evaluation/folds-$$run/results.json $(EVALUATION)/folds-$$run.json; \
-		cp $(WORK)/evaluation/folds-$$run/table.md $(EVALUATION)/folds-$$run.md; done
+	$(call keep_results,folds,same-estimated cross,)
 
 evaluate-%: $(RUN)/%/model.safetensors
 	$(EVALUATE) --mode same-patient --query-range estimated --methods sdfsmis $(ABLATION_MODEL) --label "$*" \
 		--out $(WORK)/evaluation/$*-same-estimated
 	$(EVALUATE) --methods sdfsmis $(ABLATION_MODEL) --label "$*" --out $(WORK)/evaluation/$*-cross
-	for run in same-estimated cross; do \
-		cp $(WORK)/evaluation/$*-$$run/results.json $(EVALUATION)/$*-fold$(HELD_OUT_FOLD)-$$run.json; \
-		cp $(WORK)/evaluation/$*-$$run/table.md $(EVALUATION)/$*-fold$(HELD_OUT_FOLD)-$$run.md; done
+	$(call keep_results,$*,same-estimated cross,-fold$(HELD_OUT_FOLD))
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

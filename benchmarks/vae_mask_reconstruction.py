@@ -27,7 +27,6 @@ from SDFSMISLib.evaluation.runner import dataset_organs, patient_data
 from SDFSMISLib.model import vae_codec as codec
 from SDFSMISLib.model.config import SDFSMISConfig
 from SDFSMISLib.weights.base_model import load_vae, stable_diffusion_configs
-from SDFSMISLib.weights.loading import load_model
 from SDFSMISLib.weights.model_files import chosen_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-t2"
@@ -44,10 +43,10 @@ def reconstructed(vae, masks: np.ndarray, batch: int = 8) -> np.ndarray:  # noqa
 
 
 def chosen_vae(args: argparse.Namespace):  # noqa: ANN201 - AutoencoderKL
-    """The VAE of the chosen model, or of ``--base-model`` alone."""
-    if args.base_model and not args.checkpoint and not args.dino:
-        return load_vae(args.base_model, stable_diffusion_configs(args.base_model)[1]).eval()
-    return load_model(chosen_model(args.checkpoint, args.base_model, args.dino), "cpu", "float32").vae
+    """The VAE of ``--base-model`` alone, or of the chosen model's base model (the rest is not loaded)."""
+    alone = args.base_model and not args.checkpoint and not args.dino
+    base_model = args.base_model if alone else chosen_model(args.checkpoint, args.base_model, args.dino).base_model
+    return load_vae(base_model, stable_diffusion_configs(base_model)[1]).eval()
 
 
 def main() -> None:

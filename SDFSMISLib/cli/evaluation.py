@@ -107,9 +107,8 @@ def register_evaluation_commands(command: CommandFactory) -> None:
                           "default: " + "; ".join(f"{mode}: {methods}" for mode, methods in DEFAULT_METHODS.items())
                           + ")")
     evaluate.add_argument("--organs", default=",".join(PAPER_ORDER), help="organs to score")
-    evaluate.add_argument("--checkpoint", help="SD-FSMIS checkpoint; {fold} in this or the next two paths is replaced "
-                          "by the fold "
-                          "(one model per fold). Default: the bundled model")
+    evaluate.add_argument("--checkpoint", help="SD-FSMIS checkpoint; {fold} in this path, --base-model or --dino is "
+                          "replaced by the fold (one model per fold). Default: the bundled model")
     evaluate.add_argument("--base-model", type=Path, help="SD-1.5 folder or file the checkpoint was trained on")
     evaluate.add_argument("--dino", type=Path, help="DINOv2 folder the checkpoint was trained with")
     evaluate.add_argument("--prototype-features", choices=("vae", "dino"), default="vae",

@@ -32,7 +32,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, astuple, dataclass, field, fields
+from dataclasses import asdict, astuple, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,7 +41,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..progress import ProgressCallback, report
-from ..weights.model_files import ModelFiles, layout_problem
+from ..weights.model_files import FOLD_FIELD, ModelFiles, chosen_model
 from .contour_interpolation import require_itk
 
 if TYPE_CHECKING:
@@ -56,7 +56,6 @@ MODES = ("cross-patient", "same-patient")
 SAME_PATIENT_ONLY = {"fill-between"}
 #: Methods that need the model: SD-FSMIS itself, and the matcher on its frozen encoders.
 MODEL_METHODS = {"sdfsmis", "prototype"}
-FOLD_FIELD = "{fold}"
 PACKAGES = ("torch", "diffusers", "transformers", "numpy", "scipy", "SimpleITK")
 
 
@@ -129,12 +128,10 @@ def fold_model(pattern: ModelFiles | None, fold: int) -> ModelFiles | None:
     """
     if pattern is None:
         return None
-    files = ModelFiles(*(Path(str(path).replace(FOLD_FIELD, str(fold))) for path in astuple(pattern)))
-    for part in fields(files):
-        problem = layout_problem(part.name, getattr(files, part.name))
-        if problem:
-            raise InputError(f"fold {fold}: {problem}")
-    return files
+    try:
+        return chosen_model(*(str(path).replace(FOLD_FIELD, str(fold)) for path in astuple(pattern)))
+    except InputError as error:
+        raise InputError(f"fold {fold}: {error}") from error
 
 
 def plan_folds(data: Path, folds: Sequence[int], settings: EvaluationSettings,

@@ -49,11 +49,15 @@ def bundled_model() -> ModelFiles:
     return files
 
 
+#: Stands for the fold number in the model paths of a cross-validated evaluation (one model per fold).
+FOLD_FIELD = "{fold}"
+
+
 def chosen_model(checkpoint: str | Path | None, base_model: str | Path | None, dino: str | Path | None,
                  fold_pattern: bool = False) -> ModelFiles:
     """The model the user named, or the bundled one when none; a partial set or a wrong layout is refused.
 
-    ``fold_pattern``: a path holding ``{fold}`` names one file or folder per fold, checked where it is used.
+    ``fold_pattern``: a path holding :data:`FOLD_FIELD` names one file or folder per fold, checked where it is used.
     """
     given = [str(path).strip() if path else "" for path in (checkpoint, base_model, dino)]
     if not any(given):
@@ -64,7 +68,7 @@ def chosen_model(checkpoint: str | Path | None, base_model: str | Path | None, d
                          "none for the bundled default model")
     files = ModelFiles(*(Path(path) for path in given))
     for part in ("checkpoint", "base_model", "dino"):
-        if fold_pattern and "{fold}" in str(getattr(files, part)):
+        if fold_pattern and FOLD_FIELD in str(getattr(files, part)):
             continue
         problem = layout_problem(part, getattr(files, part))
         if problem:
