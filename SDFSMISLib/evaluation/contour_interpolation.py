@@ -15,6 +15,7 @@ import atexit
 import functools
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 
@@ -78,7 +79,9 @@ def _serve() -> None:
         try:
             volume = _receive(sys.stdin.buffer)
         except EOFError:
-            return
+            # Even alone, itk's libraries sometimes corrupt the heap while they are torn down (the same
+            # malloc_consolidate abort, after the parent has its results); nothing is left to clean up.
+            os._exit(0)
         _send(sys.stdout.buffer, itk.array_from_image(itk.morphological_contour_interpolator(
             itk.image_from_array(volume))))
 
