@@ -49,7 +49,7 @@ $(RUN)/phantoms-%/.done: | $(BIN)/.installed
 $(RUN)/tiny-base/sd/vae/config.json: $(RUN)/chaos-supervoxels/.done $(RUN)/phantoms-ct/.done
 	$(SDFSMIS) tiny-base --data $(CHAOS) --supervoxels $(RUN)/chaos-supervoxels --fold $(HELD_OUT_FOLD) \
 		--dataset chaos-t2 --extra-data $(RUN)/phantoms-ct --out $(RUN)/tiny-base --steps $(VAE_STEPS) \
-		--batch-size 4 --crop 128 --lr 2e-3
+		--batch-size 4 --crop 128 --lr 2e-3 $$(test -d $(RUN)/tiny-base/vae-state && echo --resume)
 
 # Training shared by the default model and its ablations; each run folder resumes from its own state/.
 TRAIN_ARGS = --data $(CHAOS) --supervoxels $(RUN)/chaos-supervoxels --fold $(HELD_OUT_FOLD) --dataset chaos-t2 \
@@ -95,14 +95,16 @@ evaluate-default: $(BIN)/.installed
 	$(EVALUATE) --out $(WORK)/evaluation/default-cross
 	$(call keep_results,default,same-estimated same-ground-truth cross,-fold$(HELD_OUT_FOLD))
 
-# Every fold scored by its own model (after held-out-model for each fold): both ways of working, all 20 patients.
+# Every fold scored by its own model (after held-out-model for each fold): both ways of working, all 20 patients
+# (FOLDS=0,1 scores the folds trained so far).
+FOLDS ?= 0,1,2,3,4
 FOLD_MODELS = --checkpoint '$(WORK)/fold{fold}/sdfsmis/model.safetensors' \
 	--base-model '$(WORK)/fold{fold}/tiny-base/sd' --dino '$(WORK)/fold{fold}/tiny-base/dino'
 
 evaluate-folds: $(BIN)/.installed
-	$(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds 0,1,2,3,4 --mode same-patient \
+	$(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds $(FOLDS) --mode same-patient \
 		--query-range estimated $(FOLD_MODELS) --out $(WORK)/evaluation/folds-same-estimated
-	$(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds 0,1,2,3,4 $(FOLD_MODELS) \
+	$(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds $(FOLDS) $(FOLD_MODELS) \
 		--out $(WORK)/evaluation/folds-cross
 	$(call keep_results,folds,same-estimated cross,)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,15 +72,18 @@ def _command_tiny_base(args: argparse.Namespace) -> None:
     from diffusers import AutoencoderKL
 
     from ..model.config import preset
-    from ..training.tiny_base import pretrain_vae, write_tiny_base
+    from ..training.tiny_base import VAE_STATE_FOLDER, VaePretraining, pretrain_vae, write_tiny_base
 
     config = preset("tiny")
     torch.manual_seed(args.seed)
     vae = AutoencoderKL.from_config(config.vae)
     episodes = _episode_dataset(args, _split_patients(args)[0], args.steps * args.batch_size, args.seed)
+    run = VaePretraining(args.steps, args.batch_size, args.lr, args.seed, args.crop)
+    state = args.out / VAE_STATE_FOLDER
     with progress_bar("VAE pretraining", "step") as progress:
-        losses = pretrain_vae(vae, episodes, args.steps, args.batch_size, args.lr, args.seed, args.crop, progress)
+        losses = pretrain_vae(vae, episodes, run, state, args.resume, args.save_every, progress)
     base, dino = write_tiny_base(args.out, vae, config, args.seed)
+    shutil.rmtree(state, ignore_errors=True)
     print(f"VAE loss {losses[0]:.4f} -> {sum(losses[-20:]) / len(losses[-20:]):.4f}; "
           f"scaling factor {vae.config.scaling_factor:.4f}\nbase model: {base}\nDINOv2: {dino}")
 
@@ -196,6 +200,9 @@ def register_training_commands(command: CommandFactory) -> None:
     tiny.add_argument("--lr", type=float, default=1e-3)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--crop", type=int, default=128, help="train on random crops of this size (pixels)")
+    tiny.add_argument("--save-every", type=int, default=100,
+                      help="save the resumable state in --out/vae-state every this many steps")
+    tiny.add_argument("--resume", action="store_true", help="continue the pretraining in --out where it stopped")
     _add_episode_arguments(tiny)
 
     train = command("train", _command_train,

@@ -14,17 +14,26 @@ module makes them, here, on a CPU:
 The result is written in the layouts users have for the real models, a diffusers folder
 (``sd/unet``, ``sd/vae``) and a Hugging Face DINOv2 folder (``dino/``), so every loading path is
 the same at both scales.
+
+VAE pretraining is the longest stage of the default recipe after SD-FSMIS training, so it resumes
+exactly like it: the weights (safetensors), the optimiser and scheduler (``weights_only``), the
+crop/sampling generator and the losses so far are saved in a state folder every ``save_every``
+steps, and batch ``i`` is always episodes ``i * batch_size ...`` of the same pure-function dataset.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from torch.utils.data import DataLoader, Dataset
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import Dinov2Config, Dinov2Model
 
+from ..errors import InputError
 from ..io.atomic import atomic_folder
 from ..model import vae_codec as codec
 from ..model.config import SDFSMISConfig
@@ -60,31 +69,87 @@ def latent_scaling_factor(vae: AutoencoderKL, inputs: torch.Tensor) -> float:
     return float(1.0 / vae.encode(codec.as_pseudo_rgb(inputs)).latent_dist.mean.std())
 
 
-def pretrain_vae(vae: AutoencoderKL, episodes: Dataset, steps: int, batch_size: int = 4, lr: float = 1e-3,
-                 seed: int = 42, crop: int | None = 128,
+@dataclass(frozen=True)
+class VaePretraining:
+    """What a VAE pretraining run is; a resumed run must be the same one."""
+
+    steps: int
+    batch_size: int = 4
+    lr: float = 1e-3
+    seed: int = 42
+    crop: int | None = 128
+
+
+#: The state folder inside a tiny-base output folder; removed once the base model is written.
+VAE_STATE_FOLDER = "vae-state"
+VAE_STATE_FILES = ("vae.safetensors", "optimizer.pt", "progress.json")
+
+
+def _save_vae_state(folder: Path, run: VaePretraining, vae: AutoencoderKL, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+                    losses: list[float]) -> None:
+    with atomic_folder(folder) as partial:
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, partial / VAE_STATE_FILES[0])
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state()}, partial / VAE_STATE_FILES[1])
+        (partial / VAE_STATE_FILES[2]).write_text(json.dumps({"run": asdict(run), "losses": losses}))
+
+
+def _load_vae_state(folder: Path, run: VaePretraining, vae: AutoencoderKL, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> list[float]:
+    missing = [name for name in VAE_STATE_FILES if not (folder / name).exists()]
+    if missing:
+        raise InputError(f"nothing to resume in {folder}: {', '.join(missing)} missing. "
+                         "Pretrain without --resume to start over")
+    saved = json.loads((folder / VAE_STATE_FILES[2]).read_text())
+    if saved["run"] != asdict(run):
+        raise InputError(f"{folder} holds a different VAE pretraining ({saved['run']}, this one is {asdict(run)}). "
+                         "Resume with the same settings, or delete the folder to start over")
+    vae.load_state_dict(load_file(folder / VAE_STATE_FILES[0]))
+    state = torch.load(folder / VAE_STATE_FILES[1], map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    return saved["losses"]
+
+
+def pretrain_vae(vae: AutoencoderKL, episodes: Dataset, run: VaePretraining, state: Path | None = None,
+                 resume: bool = False, save_every: int = 100,
                  progress: ProgressCallback | None = None) -> list[float]:
     """Train ``vae`` in place on the images and masks of ``episodes``; returns the loss per step.
 
-    Each batch of ``batch_size`` episodes gives ``4 x batch_size`` inputs (two images, two masks),
-    cropped to ``crop`` pixels. Sets ``vae.config.scaling_factor`` from the last, uncropped batch.
+    Each batch of ``run.batch_size`` episodes gives ``4 x batch_size`` inputs (two images, two masks),
+    cropped to ``run.crop`` pixels. Sets ``vae.config.scaling_factor`` from the last, uncropped batch.
+    With a ``state`` folder the run is saved there every ``save_every`` steps, and ``resume`` continues
+    it bit for bit.
     """
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    loader = DataLoader(episodes, batch_size=batch_size, shuffle=False)
-    vae.train()
+    if resume and state is None:
+        raise ValueError("resume needs the state folder")
+    if not resume and state is not None and state.exists():
+        raise InputError(f"{state} holds an unfinished VAE pretraining. "
+                         "Pass --resume to continue it, or delete the folder to start over")
+    if len(episodes) < run.steps * run.batch_size:
+        raise InputError(f"{run.steps} steps of {run.batch_size} need {run.steps * run.batch_size} episodes, "
+                         f"the dataset has {len(episodes)}")
+    generator = torch.Generator().manual_seed(run.seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=run.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, run.steps)
     losses: list[float] = []
-    for batch in loader:
-        loss = reconstruction_loss(vae, _vae_inputs(batch, crop, generator), generator)
+    if resume:
+        losses = _load_vae_state(state, run, vae, optimizer, scheduler, generator)
+    remaining = Subset(episodes, range(len(losses) * run.batch_size, run.steps * run.batch_size))
+    vae.train()
+    for batch in DataLoader(remaining, batch_size=run.batch_size, shuffle=False):
+        loss = reconstruction_loss(vae, _vae_inputs(batch, run.crop, generator), generator)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-        report(progress, len(losses), steps)
-        if len(losses) >= steps:
-            break
+        if state is not None and len(losses) % save_every == 0 and len(losses) < run.steps:
+            _save_vae_state(state, run, vae, optimizer, scheduler, generator, losses)
+        report(progress, len(losses), run.steps)
     vae.eval()
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, _vae_inputs(batch, None, generator)))
     return losses

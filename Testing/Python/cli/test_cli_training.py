@@ -37,3 +37,20 @@ def test_fold_holds_its_patients_out_and_extra_folders_join_whole(tmp_path: Path
     assert [p.id for p in training] == [1, 4, 5]
     episodes = _episode_dataset(args, training, length=4, seed=0)
     assert len(episodes.volumes) == 5  # the three training patients and both extra ones
+
+
+def test_tiny_base_resumes_its_saved_state_and_cleans_it_up(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from SDFSMISLib.cli.main import main
+    from SDFSMISLib.training.tiny_base import VAE_STATE_FOLDER
+
+    for number in range(1, 3):
+        write_patient(tmp_path / "main", number)
+    out = tmp_path / "out"
+    command = ["tiny-base", "--data", str(tmp_path / "main"), "--out", str(out), "--steps", "2", "--batch-size", "1",
+               "--crop", "32", "--save-every", "1"]
+    assert main([*command, "--resume"]) == 2
+    assert f"nothing to resume in {out / VAE_STATE_FOLDER}" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(command) == 0
+    assert (out / "sd" / "vae" / "config.json").exists() and (out / "dino").is_dir()
+    assert not (out / VAE_STATE_FOLDER).exists()

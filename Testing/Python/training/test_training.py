@@ -130,19 +130,50 @@ def test_refuses_to_overwrite_a_run_and_to_train_past_its_episodes(tmp_path: Pat
 def test_tiny_base_pretraining_lowers_reconstruction_loss_and_loads(tmp_path: Path) -> None:
     from diffusers import AutoencoderKL
 
-    from SDFSMISLib.training.tiny_base import pretrain_vae, write_tiny_base
+    from SDFSMISLib.training.tiny_base import VaePretraining, pretrain_vae, write_tiny_base
     from SDFSMISLib.weights.base_model import load_base_model
 
     config = preset("tiny", image_size=SIZE)
     torch.manual_seed(0)
     vae = AutoencoderKL.from_config(config.vae)
-    losses = pretrain_vae(vae, episodes(40), steps=20, batch_size=2, lr=2e-3, crop=32)
+    losses = pretrain_vae(vae, episodes(40), VaePretraining(steps=20, batch_size=2, lr=2e-3, crop=32))
     assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
     assert vae.config.scaling_factor != config.vae["scaling_factor"]
     base, dino = write_tiny_base(tmp_path / "tiny-base", vae, config)
     model = load_base_model(base, dino, image_size=SIZE)
     assert model.vae.config.scaling_factor == pytest.approx(vae.config.scaling_factor)
     torch.testing.assert_close(model.vae.encoder.conv_in.weight, vae.encoder.conv_in.weight)
+
+
+def test_vae_pretraining_resumes_bit_for_bit_and_refuses_another_run(tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    from SDFSMISLib.progress import Cancelled
+    from SDFSMISLib.training.tiny_base import VaePretraining, pretrain_vae
+
+    config = preset("tiny", image_size=SIZE)
+    run = VaePretraining(steps=6, batch_size=2, lr=2e-3, crop=32)
+
+    def fresh_vae() -> AutoencoderKL:
+        torch.manual_seed(0)
+        return AutoencoderKL.from_config(config.vae)
+
+    straight = fresh_vae()
+    straight_losses = pretrain_vae(straight, episodes(12), run)
+    state = tmp_path / "vae-state"
+    with pytest.raises(Cancelled):
+        pretrain_vae(fresh_vae(), episodes(12), run, state, save_every=2, progress=lambda done, total: done < 5)
+    with pytest.raises(InputError, match="--resume"):
+        pretrain_vae(fresh_vae(), episodes(12), run, state, save_every=2)
+    with pytest.raises(InputError, match="same settings"):
+        pretrain_vae(fresh_vae(), episodes(12), VaePretraining(steps=6, batch_size=2, lr=1e-3, crop=32), state,
+                     resume=True)
+    resumed = fresh_vae()
+    resumed_losses = pretrain_vae(resumed, episodes(12), run, state, resume=True, save_every=2)
+    assert resumed_losses == straight_losses
+    for (name, expected), actual in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0, msg=name)
+    assert resumed.config.scaling_factor == straight.config.scaling_factor
 
 
 def test_atomic_folder_replaces_whole_or_keeps_old(tmp_path: Path) -> None:
