@@ -96,8 +96,9 @@ evaluate-default: $(BIN)/.installed
 	$(call keep_results,default,same-estimated same-ground-truth cross,-fold$(HELD_OUT_FOLD))
 
 # Every fold scored by its own model (after held-out-model for each fold): both ways of working, all 20 patients
-# (FOLDS=0,1 scores the folds trained so far).
+# (FOLDS=0,1 scores the folds trained so far); the files name their folds, e.g. folds-0-1-cross.md.
 FOLDS ?= 0,1,2,3,4
+comma := ,
 FOLD_MODELS = --checkpoint '$(WORK)/fold{fold}/sdfsmis/model.safetensors' \
 	--base-model '$(WORK)/fold{fold}/tiny-base/sd' --dino '$(WORK)/fold{fold}/tiny-base/dino'
 
@@ -106,7 +107,7 @@ evaluate-folds: $(BIN)/.installed
 		--query-range estimated $(FOLD_MODELS) --out $(WORK)/evaluation/folds-same-estimated
 	$(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds $(FOLDS) $(FOLD_MODELS) \
 		--out $(WORK)/evaluation/folds-cross
-	$(call keep_results,folds,same-estimated cross,)
+	$(call keep_results,folds,same-estimated cross,-$(subst $(comma),-,$(FOLDS)))
 
 evaluate-%: $(RUN)/%/model.safetensors
 	$(EVALUATE) --mode same-patient --query-range estimated --methods sdfsmis $(ABLATION_MODEL) --label "$*" \
