@@ -82,31 +82,31 @@ class VaePretraining:
 
 #: The state folder inside a tiny-base output folder; removed once the base model is written.
 VAE_STATE_FOLDER = "vae-state"
-VAE_STATE_FILES = ("vae.safetensors", "optimizer.pt", "progress.json")
+_WEIGHTS, _OPTIMISER, _PROGRESS = "vae.safetensors", "optimizer.pt", "progress.json"
 
 
 def _save_vae_state(folder: Path, run: VaePretraining, vae: AutoencoderKL, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
                     losses: list[float]) -> None:
     with atomic_folder(folder) as partial:
-        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, partial / VAE_STATE_FILES[0])
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, partial / _WEIGHTS)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state()}, partial / VAE_STATE_FILES[1])
-        (partial / VAE_STATE_FILES[2]).write_text(json.dumps({"run": asdict(run), "losses": losses}))
+                    "generator": generator.get_state()}, partial / _OPTIMISER)
+        (partial / _PROGRESS).write_text(json.dumps({"run": asdict(run), "losses": losses}))
 
 
 def _load_vae_state(folder: Path, run: VaePretraining, vae: AutoencoderKL, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> list[float]:
-    missing = [name for name in VAE_STATE_FILES if not (folder / name).exists()]
+    missing = [name for name in (_WEIGHTS, _OPTIMISER, _PROGRESS) if not (folder / name).exists()]
     if missing:
         raise InputError(f"nothing to resume in {folder}: {', '.join(missing)} missing. "
                          "Pretrain without --resume to start over")
-    saved = json.loads((folder / VAE_STATE_FILES[2]).read_text())
+    saved = json.loads((folder / _PROGRESS).read_text())
     if saved["run"] != asdict(run):
         raise InputError(f"{folder} holds a different VAE pretraining ({saved['run']}, this one is {asdict(run)}). "
                          "Resume with the same settings, or delete the folder to start over")
-    vae.load_state_dict(load_file(folder / VAE_STATE_FILES[0]))
-    state = torch.load(folder / VAE_STATE_FILES[1], map_location="cpu", weights_only=True)
+    vae.load_state_dict(load_file(folder / _WEIGHTS))
+    state = torch.load(folder / _OPTIMISER, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
