@@ -151,23 +151,24 @@ class CsvLog:
             csv.writer(handle).writerow([values.get(column, "") for column in self.columns])
 
 
-def _save_state(accelerator: Accelerator, output: Path, step: int) -> None:
+def _save_state(accelerator: Accelerator, output: Path, progress: dict[str, float]) -> None:
     """Replace the resumable state folder only once the new one is complete."""
     partial = output / f"{STATE_FOLDER}.part"
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
-        (partial / PROGRESS_FILE).write_text(json.dumps({"step": step}))
+        (partial / PROGRESS_FILE).write_text(json.dumps(progress))
         shutil.rmtree(output / STATE_FOLDER, ignore_errors=True)
         partial.rename(output / STATE_FOLDER)
     accelerator.wait_for_everyone()
 
 
-def _resume_step(output: Path) -> int:
+def _resume_progress(output: Path) -> dict[str, float]:
+    """The saved step, and the training seconds and peak memory of the processes before this one."""
     progress = output / STATE_FOLDER / PROGRESS_FILE
     if not progress.exists():
         raise InputError(f"nothing to resume in {output}: no {STATE_FOLDER}/{PROGRESS_FILE}. "
                          "Train without --resume to start, or point --out at a run that saved state")
-    return int(json.loads(progress.read_text())["step"])
+    return {"seconds": 0.0, "peak_rss_mib": 0.0} | json.loads(progress.read_text())
 
 
 def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: TrainingOptions = TrainingOptions(),
@@ -209,11 +210,12 @@ def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: T
     loader = DataLoader(episodes, batch_size=options.batch_size, shuffle=False, num_workers=options.workers,
                         drop_last=True, generator=torch.Generator().manual_seed(options.seed))
     objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
-    step = 0
+    earlier = {"step": 0, "seconds": 0.0, "peak_rss_mib": 0.0}
     if resume:
-        step = _resume_step(output)
+        earlier = _resume_progress(output)
         accelerator.load_state(str(output / STATE_FOLDER))
         keep_fused_choice(optimizer, accelerator.device)
+    step = int(earlier["step"])
     if "tensorboard" in options.log_with:
         accelerator.init_trackers("sdfsmis", config={k: v for k, v in asdict(options).items()
                                                      if isinstance(v, (int, float, str, bool))})
@@ -222,7 +224,13 @@ def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: T
     batches = accelerator.skip_first_batches(loader, step * options.gradient_accumulation)
     if not accelerator.is_main_process:
         progress = None
-    started, running = time.perf_counter(), []
+    # A resumed run's time and peak memory count every process of the run, not only this one.
+    started, running = time.perf_counter() - earlier["seconds"], []
+
+    def progress_so_far() -> dict[str, float]:
+        return {"step": step, "seconds": round(time.perf_counter() - started, 1),
+                "peak_rss_mib": round(max(earlier["peak_rss_mib"], peak_memory_mib()), 1)}
+
     try:
         for batch in batches:
             with accelerator.accumulate(objective):
@@ -249,19 +257,19 @@ def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: T
             if validator and (step % options.validate_every == 0 or step == options.steps):
                 _validate(accelerator, objective, validator, step, output)
             if step % options.save_every == 0 and step < options.steps:
-                _save_state(accelerator, output, step)
+                _save_state(accelerator, output, progress_so_far())
             if step >= options.steps:
                 break
     except (KeyboardInterrupt, Cancelled):
-        _save_state(accelerator, output, step)
+        _save_state(accelerator, output, progress_so_far())
         raise
-    _save_state(accelerator, output, step)
+    _save_state(accelerator, output, progress_so_far())
     accelerator.end_training()
     final = output / FINAL_CHECKPOINT
     if accelerator.is_main_process:
+        finished = progress_so_far()
         record = {"steps": step, "options": {k: v for k, v in asdict(options).items() if k != "extra"},
-                  "seconds": round(time.perf_counter() - started, 1),
-                  "peak_rss_mib": round(peak_memory_mib(), 1),
+                  "seconds": finished["seconds"], "peak_rss_mib": finished["peak_rss_mib"],
                   **options.extra, **(summary or {})}
         if torch.cuda.is_available():
             record["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,23 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
     log = np.loadtxt(tmp_path / "resumed" / LOG_FILE, delimiter=",", skiprows=1, usecols=0)
     assert log.tolist() == [1, 2, 3, 4]
+
+
+def test_a_resumed_run_records_the_time_and_peak_memory_of_all_its_processes(tmp_path: Path) -> None:
+    def ctrl_c(_model: SDFSMISNet) -> dict[str, float]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(network(), episodes(16), tmp_path / "run", options(4, validate_every=2), validator=ctrl_c)
+    progress = tmp_path / "run" / trainer.STATE_FOLDER / trainer.PROGRESS_FILE
+    saved = json.loads(progress.read_text())
+    assert saved["step"] == 2 and saved["seconds"] > 0 and saved["peak_rss_mib"] > 0
+    # As if the first process had trained for an hour and peaked far above this one.
+    progress.write_text(json.dumps(saved | {"seconds": 3600.0, "peak_rss_mib": 1e6}))
+    final = train(network(), episodes(16), tmp_path / "run", options(4), resume=True)
+    record = read_checkpoint_metadata(final)["training"]
+    assert 3600 < record["seconds"] < 3600 + 600
+    assert record["peak_rss_mib"] == 1e6
 
 
 def test_fused_adamw_takes_the_same_step_as_the_default() -> None:
