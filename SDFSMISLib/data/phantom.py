@@ -35,7 +35,8 @@ CHAOS_SLICES = (30, 46)
 CT_SPACING_IN_PLANE = (1.4, 1.7)  # SABS: 448 mm-ish cropped field of view resampled to 256 pixels
 CT_SLICE_SPACING = 5.0
 CT_SLICES = (48, 64)
-#: The two phantom patients (101, 102) the demo and the Slicer self-test use (``make demo-model`` writes them).
+#: The two phantom patients (101, 102) the demo and the Slicer self-test use, written by
+#: ``sdfsmis phantom --out Resources/Data/phantoms --patients 2 --modality mr --seed 1 --first-id 101``.
 BUNDLED_PHANTOMS = RESOURCES / "Data" / "phantoms"
 
 

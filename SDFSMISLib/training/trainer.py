@@ -39,6 +39,8 @@ from ..weights.checkpoint import save_checkpoint
 
 STATE_FOLDER = "state"
 PROGRESS_FILE = "progress.json"
+#: What ``PROGRESS_FILE`` holds at the start of a run (and fills in for states saved before it had more than the step).
+_FRESH_PROGRESS = {"step": 0, "seconds": 0.0, "peak_rss_mib": 0.0}
 FINAL_CHECKPOINT = "model.safetensors"
 LOG_FILE = "log.csv"
 
@@ -168,7 +170,7 @@ def _resume_progress(output: Path) -> dict[str, float]:
     if not progress.exists():
         raise InputError(f"nothing to resume in {output}: no {STATE_FOLDER}/{PROGRESS_FILE}. "
                          "Train without --resume to start, or point --out at a run that saved state")
-    return {"seconds": 0.0, "peak_rss_mib": 0.0} | json.loads(progress.read_text())
+    return _FRESH_PROGRESS | json.loads(progress.read_text())
 
 
 def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: TrainingOptions = TrainingOptions(),
@@ -210,7 +212,7 @@ def train(network: SDFSMISNet, episodes: Dataset, output: Path | str, options: T
     loader = DataLoader(episodes, batch_size=options.batch_size, shuffle=False, num_workers=options.workers,
                         drop_last=True, generator=torch.Generator().manual_seed(options.seed))
     objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
-    earlier = {"step": 0, "seconds": 0.0, "peak_rss_mib": 0.0}
+    earlier = _FRESH_PROGRESS
     if resume:
         earlier = _resume_progress(output)
         accelerator.load_state(str(output / STATE_FOLDER))

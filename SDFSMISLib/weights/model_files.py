@@ -6,7 +6,7 @@ anything is loaded, for the command line, the evaluation and the Slicer panel al
 panel checks a path as the user picks it, before PyTorch is installed.
 
 The bundled model in ``Resources/Models/tiny`` is small enough for a CPU and shows the whole workflow
-(reproducible with ``make demo-model``); its measured quality is in the README's "Evaluation".
+(reproducible with ``make default-model``); its measured quality is in the README's "Evaluation".
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def bundled_model() -> ModelFiles:
     missing = [str(path) for path in (files.checkpoint, files.base_model, files.dino) if not path.exists()]
     if missing:
         raise InputError(f"the bundled default model is missing ({', '.join(missing)}): this install has no "
-                         "Resources/ folder. Use a source checkout (pip install -e .), run `make demo-model` to "
+                         "Resources/ folder. Use a source checkout (pip install -e .), run `make default-model` to "
                          "rebuild it, or give the checkpoint, the base model and DINOv2")
     return files
 
