@@ -24,6 +24,7 @@ from ..evaluation.folds import (
 )
 from ..io.labels import PAPER_ORDER
 from ..progress import progress_bar
+from .model_options import add_model_arguments
 from .training import CommandFactory, int_list
 
 DEFAULT_METHODS = {"cross-patient": "sdfsmis,copy,prototype", "same-patient": "sdfsmis,copy,fill-between"}
@@ -107,10 +108,7 @@ def register_evaluation_commands(command: CommandFactory) -> None:
                           "default: " + "; ".join(f"{mode}: {methods}" for mode, methods in DEFAULT_METHODS.items())
                           + ")")
     evaluate.add_argument("--organs", default=",".join(PAPER_ORDER), help="organs to score")
-    evaluate.add_argument("--checkpoint", help="SD-FSMIS checkpoint; {fold} in this path, --base-model or --dino is "
-                          "replaced by the fold (one model per fold). Default: the bundled model")
-    evaluate.add_argument("--base-model", type=Path, help="SD-1.5 folder or file the checkpoint was trained on")
-    evaluate.add_argument("--dino", type=Path, help="DINOv2 folder the checkpoint was trained with")
+    add_model_arguments(evaluate, per_fold=True)
     evaluate.add_argument("--prototype-features", choices=("vae", "dino"), default="vae",
                           help="frozen features of the prototype baseline: VAE latent mean or DINOv2 patch tokens")
     evaluate.add_argument("--k-shot", action="store_true",
@@ -121,5 +119,4 @@ def register_evaluation_commands(command: CommandFactory) -> None:
     evaluate.add_argument("--setting", type=int, choices=(1, 2), default=1,
                           help="the models' training setting, recorded in results.json")
     evaluate.add_argument("--label", default="SD-FSMIS", help="table row of the model")
-    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     evaluate.add_argument("--batch-size", type=int, default=8, help="query slices per network call")

@@ -22,6 +22,7 @@ from ..io.labels import DATASET_LABELS, DEFAULT_DATASET, Structure, structure
 from ..io.segmentation_files import OUTPUT_SUFFIXES, check_output_path, describe, read_segmentation, write_labelmap
 from ..io.volumes import Volume, read_volume
 from ..progress import progress_bar
+from .model_options import add_model_arguments
 from .training import CommandFactory, int_list
 
 DEMO_OUT = Path("sdfsmis-demo")
@@ -217,12 +218,7 @@ def _compare(mode: str, result, truth: np.ndarray, organs: list[int],  # noqa: A
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, help="SD-FSMIS checkpoint (.safetensors); default: the bundled "
-                        "tiny default model")
-    parser.add_argument("--base-model", type=Path, help="the SD-1.5 folder or file the checkpoint was trained on")
-    parser.add_argument("--dino", type=Path, help="the DINOv2 folder the checkpoint was trained with")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cuda, cuda:N, mps "
-                        "or cpu")
+    add_model_arguments(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="network precision; auto = float16 on a GPU, float32 on the CPU")
 
