@@ -7,7 +7,8 @@ Results structure (the one :mod:`SDFSMISLib.evaluation.runner` fills)::
 
 ``method`` is a row label ("SD-FSMIS, setting 2", "copy nearest support", ...), ``organ`` one of
 :data:`ORGANS`, ``dice`` a fraction in [0, 1], ``hd95`` and ``assd`` in mm (NaN when the prediction or the
-truth is empty, see :mod:`SDFSMISLib.evaluation.metrics`); other keys (patient id, fold) ride along unused.
+truth is empty, see :mod:`SDFSMISLib.evaluation.metrics`); ``fold``, where the cases carry it, splits the
+table per fold; other keys (patient id) ride along unused.
 
 Every file goes through :func:`SDFSMISLib.io.atomic.atomic_output`, so an interrupted run never leaves a
 half-written figure, and figures are drawn on a private Agg canvas, never through pyplot's global state.
@@ -57,15 +58,29 @@ def _table_row(method: str, organs: Mapping[str, Sequence[Mapping[str, float]]])
     return f"| {method} | " + " | ".join(cells) + " |", undefined
 
 
+def _header() -> list[str]:
+    return ["| Method | " + " | ".join(ORGANS) + " | Mean Dice | HD95 | ASSD |", "|---" * (len(ORGANS) + 4) + "|"]
+
+
+def _folds(results: Results) -> list[int]:
+    return sorted({case["fold"] for organs in results.values() for cases in organs.values() for case in cases
+                   if "fold" in case})
+
+
+def _of_fold(organs: Mapping[str, Sequence[Mapping[str, float]]], fold: int) -> dict[str, list]:
+    return {organ: [case for case in cases if case.get("fold") == fold] for organ, cases in organs.items()}
+
+
 def markdown_table(results: Results) -> str:
     """The paper's results table: Dice (%) per organ, mean Dice (%), HD95 (mm), ASSD (mm); one row per method.
 
     An organ's Dice is the mean over its query patients (the SSL-ALPNet/RPT protocol); Mean Dice, HD95 and
     ASSD are means over the organs present in the row. Cases with an empty prediction have no surface
     distance: they count as Dice 0 but are left out of HD95/ASSD, and a note under the table says how many.
+    Over several folds a second table gives each fold alone, because a pooled mean can hide a fold (a
+    support patient) where a method falls below a baseline.
     """
-    lines = ["| Method | " + " | ".join(ORGANS) + " | Mean Dice | HD95 | ASSD |",
-             "|---" * (len(ORGANS) + 4) + "|"]
+    lines = _header()
     notes = []
     for method, organs in results.items():
         row, undefined = _table_row(method, organs)
@@ -74,7 +89,13 @@ def markdown_table(results: Results) -> str:
             notes.append(f"{method}: {undefined} case(s) with an empty mask left out of HD95/ASSD.")
     lines.append("")
     lines.append("Dice in %, HD95 and ASSD in mm; per-organ values are means over query patients.")
-    return "\n".join(lines + notes) + "\n"
+    lines += notes
+    folds = _folds(results)
+    if len(folds) > 1:
+        lines += ["", "Per fold:", "", *_header()]
+        lines += [_table_row(f"fold {fold}: {method}", _of_fold(organs, fold))[0]
+                  for fold in folds for method, organs in results.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _save(figure: Figure, path: Path | str) -> Path:

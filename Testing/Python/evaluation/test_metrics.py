@@ -166,6 +166,21 @@ def test_markdown_table_has_the_papers_columns_and_values() -> None:
     assert any("copy support: 1 case" in line for line in lines)
 
 
+def test_markdown_table_adds_one_row_per_fold_and_method_over_several_folds() -> None:
+    cases = {"model": {"Spleen": [{"dice": 0.9, "hd95": 1.0, "assd": 1.0, "fold": 0},
+                                  {"dice": 0.3, "hd95": 3.0, "assd": 3.0, "fold": 1}]},
+             "copy": {"Spleen": [{"dice": 0.5, "hd95": 2.0, "assd": 2.0, "fold": 0},
+                                 {"dice": 0.5, "hd95": 2.0, "assd": 2.0, "fold": 1}]}}
+    lines = markdown_table(cases).splitlines()
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")][1:]
+            for line in lines if line.startswith("| ") and "Method" not in line}
+    assert rows["model"][0] == "60.00"  # pooled over both folds
+    assert rows["fold 0: model"][0] == "90.00" and rows["fold 1: model"][0] == "30.00"
+    assert rows["fold 1: copy"][0] == "50.00"  # the fold where the pooled mean hides a loss to copy
+    assert list(rows).index("fold 0: copy") < list(rows).index("fold 1: model")
+    assert "Per fold" not in markdown_table(results_fixture())  # one fold (no fold key): one table
+
+
 def test_figures_are_written_as_png(tmp_path) -> None:  # noqa: ANN001
     chart = bar_chart(results_fixture(), tmp_path / "dice.png")
     mask = box((4, 5, 10), (10, 20, 30))[6]
