@@ -1,5 +1,5 @@
 # The two entry points of the README: `make demo` and `make test`. Each creates .venv when missing.
-# TORCH selects the PyTorch build: the default is the CPU wheel; use e.g. TORCH=torch for a CUDA build.
+# TORCH is the PyTorch requirement pip installs (the build is the one the index serves), e.g. TORCH=torch.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -80,7 +80,7 @@ default-model: $(RUN)/sdfsmis/model.safetensors
 	cp $(RUN)/tiny-base/sd/unet/config.json $(MODEL)/sd/unet/ && cp $< $(MODEL)/
 
 # The bundled model on its held-out fold in both ways of working, next to copy and Fill between slices, and each
-# ablation beside it (EVALUATED=...), into Documentation/evaluation/ (about 10 minutes per model on 2 cores).
+# ablation beside it (EVALUATED=...), into Documentation/evaluation/ (about 3 minutes per model on 2 cores).
 EVALUATION := Documentation/evaluation
 EVALUATE = $(SDFSMIS) evaluate --data $(CHAOS) --dataset chaos-t2 --folds $(HELD_OUT_FOLD)
 # $(call keep_results,NAME,RUNS,SUFFIX): copy work/evaluation/NAME-RUN/{results.json,table.md} into the docs.
