@@ -96,7 +96,7 @@ evaluate-default: $(BIN)/.installed
 	$(call keep_results,default,same-estimated same-ground-truth cross,-fold$(HELD_OUT_FOLD))
 
 # Every fold scored by its own model (after held-out-model for each fold): both ways of working, all 20 patients
-# (FOLDS=0,1 scores the folds trained so far); the files name their folds, e.g. folds-0-1-cross.md.
+# (FOLDS=0,1 scores a subset, e.g. while the others train); the files name their folds, e.g. folds-0-1-cross.md.
 FOLDS ?= 0,1,2,3,4
 comma := ,
 FOLD_MODELS = --checkpoint '$(WORK)/fold{fold}/sdfsmis/model.safetensors' \
